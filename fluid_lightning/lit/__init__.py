@@ -1,0 +1,5 @@
+"""Thin LightningModules."""
+
+from .generator_module import GeneratorModule
+
+__all__ = ["GeneratorModule"]

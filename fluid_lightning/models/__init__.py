@@ -1,0 +1,17 @@
+"""Pure torch modules (no Lightning import here)."""
+
+from .generator import FluidGenerator
+from .heads import DiffusionHead, LogitsHead
+from .text import FrozenT5, TextAligner
+from .tokenizers import ImageTokenizer, PaletteTokenizer, PixelPatchTokenizer
+
+__all__ = [
+    "DiffusionHead",
+    "FluidGenerator",
+    "FrozenT5",
+    "ImageTokenizer",
+    "LogitsHead",
+    "PaletteTokenizer",
+    "PixelPatchTokenizer",
+    "TextAligner",
+]

@@ -1,0 +1,155 @@
+"""Command line: LightningCLI for fit/validate/test/predict, plus `sample`, `params` and `data`.
+
+    python -m fluid_lightning fit --config conf/experiment/quickstart.yaml
+    python -m fluid_lightning sample --ckpt runs/.../last.ckpt --prompt "a photo of a red circle" --out samples/
+    python -m fluid_lightning params conf/model/*.yaml
+    python -m fluid_lightning data shapes --out data/shapes --n 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+_CUSTOM_COMMANDS = ("sample", "params", "data")
+
+
+
+def lightning_cli(args: list[str] | None = None, run: bool = True):
+    import jsonargparse
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    jsonargparse.set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    register_resolvers()
+    # omegaconf+ resolves ${...} after command-line overrides, so interpolations follow them.
+    return LightningCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"default_root_dir": "runs"},
+        args=args,
+        run=run,
+    )
+
+
+def register_resolvers() -> None:
+    """Arithmetic for configs, e.g. grid_size: ${floordiv:${data.init_args.image_size},4}."""
+    import math
+
+    from omegaconf import OmegaConf
+
+    resolvers = {"floordiv": lambda a, b: int(a) // int(b), "mul": lambda *xs: math.prod(int(x) for x in xs)}
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_resolver(name, fn)
+
+
+def sample_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="fluid_lightning sample", description="Generate images from a checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit` (.ckpt)")
+    parser.add_argument("--prompt", action="append", required=True, help="a caption; repeat for several")
+    parser.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
+    parser.add_argument("--per-prompt", type=int, default=1, help="images per prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=64, help="sampling steps (random order; raster takes N)")
+    parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None, help="discrete tokens only")
+    parser.add_argument("--no-kv-cache", action="store_true", help="raster order: recompute the prefix each step")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ns = parser.parse_args(argv)
+
+    from .pipeline import FluidPipeline, make_grid, to_pil
+
+    pipe = FluidPipeline.from_checkpoint(ns.ckpt, device=ns.device)
+    prompts = [p for p in ns.prompt for _ in range(ns.per_prompt)]
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator(pipe.device).manual_seed(ns.seed)
+    images = []
+    for start in tqdm(range(0, len(prompts), ns.batch_size), desc="batches", disable=len(prompts) <= ns.batch_size):
+        batch = prompts[start : start + ns.batch_size]
+        images += to_pil(
+            pipe.generate(
+                batch,
+                num_steps=ns.steps,
+                cfg=ns.cfg,
+                cfg_schedule=ns.cfg_schedule,
+                temperature=ns.temperature,
+                top_k=ns.top_k,
+                use_kv_cache=not ns.no_kv_cache,
+                generator=generator,
+                progress=True,
+            )
+        )
+    for i, (prompt, image) in enumerate(zip(prompts, images)):
+        image.save(out / f"{i:04d}.png")
+    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    make_grid(images, columns=ns.per_prompt if ns.per_prompt > 1 else None).save(out / "grid.png")
+    print(f"wrote {len(images)} images and grid.png to {out}")
+
+
+def params_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="fluid_lightning params", description="Parameter counts of model configs, built on the meta device."
+    )
+    parser.add_argument("configs", nargs="+", help="YAML files with model.init_args.generator")
+    ns = parser.parse_args(argv)
+    from .models.summary import generator_param_counts, load_generator_config
+
+    print(f"{'config':<40} {'transformer':>12} {'aligner':>10} {'head':>10} {'total':>12}")
+    for path in ns.configs:
+        counts = generator_param_counts(load_generator_config(path))
+        print(
+            f"{path:<40} {_human(counts['transformer']):>12} {_human(counts['aligner']):>10} "
+            f"{_human(counts['head']):>10} {_human(counts['total']):>12}"
+        )
+
+
+def data_main(argv: list[str]) -> None:
+    from .data.commands import add_data_commands
+
+    parser = argparse.ArgumentParser(prog="fluid_lightning data", description="Build datasets.")
+    add_data_commands(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(argv)
+    ns.func(ns)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}" if unit != "K" else f"{n / size:.0f}{unit}"
+    return str(n)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if args is None else args)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] in _CUSTOM_COMMANDS:
+        {"sample": sample_main, "params": params_main, "data": data_main}[argv[0]](argv[1:])
+        return
+    # Frozen parts (text encoder, tokenizer, EMA copy) stay in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    lightning_cli(None if args is None else argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""GeneratorModule: trains a FluidGenerator on images (tokenized on the fly by a frozen tokenizer)
+or on cached tokenizer latents, with captions encoded by a frozen text encoder."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import instantiate_module
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters, _given_hyperparameters_context
+from torch import Tensor, nn
+
+from ..models.generator import FluidGenerator
+from ..models.text import FrozenT5
+from ..models.tokenizers import ImageTokenizer
+
+_SUBMODULES = ["generator", "tokenizer", "text_encoder"]
+
+
+class GeneratorModule(L.LightningModule):
+    def __init__(
+        self,
+        generator: FluidGenerator,
+        tokenizer: ImageTokenizer,
+        text_encoder: FrozenT5,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.02,
+        warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        min_lr_ratio: float = 0.0,
+        ema_decay: float | None = 0.9999,
+    ):
+        """``lr`` is absolute (MAR: 1e-4 × global_batch / 256). Weight decay skips biases, norms,
+        embeddings and learned tokens. ``ema_decay=None`` turns the EMA copy off; otherwise its
+        decay ramps up as min(ema_decay, (1+t)/(10+t)) so short runs still get a useful average."""
+        super().__init__()
+        # Built from a config (LightningCLI or from_config): the nested configs are plain dicts and
+        # rebuild the model on load. Built from objects: they are not pickled into the checkpoint.
+        from_config = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if from_config else _SUBMODULES)
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        _check_compatible(generator, tokenizer, text_encoder)
+        self.generator = generator
+        self.tokenizer = tokenizer.requires_grad_(False).eval()
+        self.text_encoder = text_encoder
+        self.ema = copy.deepcopy(generator).requires_grad_(False).eval() if ema_decay else None
+        self._ema_step = -1
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GeneratorModule:
+        """Build from the ``model.init_args`` part of a YAML config (class_path dicts inside), so that
+        checkpoints of the result load with ``load_from_checkpoint`` like CLI-made ones."""
+        with _given_hyperparameters_context(hparams=config, instantiator="lightning.pytorch.cli.instantiate_module"):
+            return instantiate_module(cls, config)
+
+    def train(self, mode: bool = True) -> GeneratorModule:
+        super().train(mode)
+        self.tokenizer.eval()
+        if self.ema is not None:
+            self.ema.eval()
+        return self
+
+    @property
+    def sampling_generator(self) -> FluidGenerator:
+        """The weights used for sampling and evaluation: the EMA copy when there is one."""
+        return self.ema if self.ema is not None else self.generator
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def _tokens(self, batch: dict[str, Any]) -> Tensor:
+        if "latent" in batch:
+            return batch["latent"]
+        if "image" in batch:
+            with torch.no_grad():
+                return self.tokenizer.encode(batch["image"])
+        raise KeyError(f"a batch needs 'image' or 'latent' plus 'caption'; got keys {sorted(batch)}")
+
+    def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
+        tokens = self._tokens(batch)
+        text, text_mask = self.text_encoder(batch["caption"])
+        return self.generator(tokens, text, text_mask), tokens.shape[0]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, b = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, b = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+        return loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, b = self._loss(batch)
+        self.log("test/loss", loss, batch_size=b, sync_dist=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.trainer.global_step
+        if self.ema is not None and step != self._ema_step:  # once per optimizer step, not per micro-batch
+            self._ema_step = step
+            self.update_ema(step)
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+        ema_params = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach().to(e.dtype) for e, p in zip(ema_params, self.generator.parameters())], 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.generator.buffers()):
+            e.copy_(b)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._ema_step = checkpoint.get("global_step", -1)
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for module in self.generator.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(param)
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        schedule = lr_lambda(hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- for callbacks and the pipeline --------------------------------------------------------
+    def pipeline(self):
+        from ..pipeline import FluidPipeline
+
+        return FluidPipeline(self.sampling_generator, self.tokenizer, self.text_encoder)
+
+    @torch.no_grad()
+    def log_images(self, prompts: list[str], **sample_kwargs: Any) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1] for the prompts, sampled with the EMA weights."""
+        return self.pipeline().generate(prompts, **sample_kwargs)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: float):
+    """Linear warmup to 1, then constant or cosine decay to ``min_ratio`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _check_compatible(generator: FluidGenerator, tokenizer: ImageTokenizer, text_encoder: FrozenT5) -> None:
+    prefix = "model.init_args.generator.init_args"
+    if generator.grid_size != tokenizer.grid_size:
+        raise ValueError(
+            f"generator.grid_size={generator.grid_size} but the tokenizer makes a {tokenizer.grid_size}x"
+            f"{tokenizer.grid_size} grid; set {prefix}.grid_size: {tokenizer.grid_size}"
+        )
+    if (generator.tokens == "discrete") != tokenizer.discrete:
+        kind = "discrete" if tokenizer.discrete else "continuous"
+        raise ValueError(f"generator.tokens={generator.tokens!r} but the tokenizer is {kind}; set {prefix}.tokens: {kind}")
+    if not tokenizer.discrete and generator.token_dim != tokenizer.token_dim:
+        raise ValueError(
+            f"generator.token_dim={generator.token_dim} but the tokenizer makes {tokenizer.token_dim}-dim tokens; "
+            f"set {prefix}.token_dim: {tokenizer.token_dim}"
+        )
+    if tokenizer.discrete and generator.vocab_size != tokenizer.vocab_size:
+        raise ValueError(
+            f"generator.vocab_size={generator.vocab_size} but the tokenizer has {tokenizer.vocab_size} codes; "
+            f"set {prefix}.vocab_size: {tokenizer.vocab_size}"
+        )
+    if generator.text.proj.in_features != text_encoder.dim:
+        raise ValueError(
+            f"generator.text_dim={generator.text.proj.in_features} but the text encoder outputs {text_encoder.dim}; "
+            f"set {prefix}.text_dim: {text_encoder.dim}"
+        )

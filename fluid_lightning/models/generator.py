@@ -1,0 +1,252 @@
+"""The Fluid generator: a transformer over image tokens that reads text through cross-attention.
+
+Two switches give the four variants compared in the Fluid paper:
+
+- ``order="random"``: bidirectional attention; training masks a random subset of tokens (ratio from
+  a truncated normal) and predicts them; sampling reveals tokens in a random order over K steps
+  on a cosine schedule (MAR). ``order="raster"``: causal attention, teacher forcing from a start
+  token, one token per step at sampling with a KV cache.
+- ``tokens="continuous"``: a per-token diffusion head; ``tokens="discrete"``: logits + cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .heads import DiffusionHead, LogitsHead
+from .text import TextAligner
+from .transformer import Block, KVCache, init_weights, sincos_2d
+
+
+def truncated_normal(
+    n: int, mean: float, std: float, low: float, high: float, generator: torch.Generator | None, device
+) -> Tensor:
+    """Exact inverse-CDF sampling of N(mean, std²) restricted to [low, high]."""
+    normal = torch.distributions.Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
+    lo, hi = normal.cdf(torch.tensor(low, dtype=torch.float64)), normal.cdf(torch.tensor(high, dtype=torch.float64))
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device if generator else "cpu")
+    x = normal.icdf(lo + (hi - lo) * u.cpu()).clamp(low, high)
+    return x.float().to(device)
+
+
+def cosine_mask_schedule(num_tokens: int, num_steps: int) -> list[int]:
+    """How many tokens stay masked after each step: ⌊N·cos(π/2·(k+1)/K)⌋, clamped so every step
+    reveals at least one token and only the last step reveals the rest (MAR)."""
+    remaining, counts = num_tokens, []
+    for k in range(num_steps):
+        if k == num_steps - 1:
+            n_next = 0
+        else:
+            n_next = math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / num_steps))
+            n_next = max(1, min(remaining - 1, n_next)) if remaining > 1 else 0
+        counts.append(n_next)
+        remaining = n_next
+        if remaining == 0:
+            break
+    return counts
+
+
+class FluidGenerator(nn.Module):
+    def __init__(
+        self,
+        tokens: Literal["continuous", "discrete"] = "continuous",
+        order: Literal["random", "raster"] = "random",
+        grid_size: int = 16,
+        token_dim: int = 16,
+        vocab_size: int = 8192,
+        width: int = 1024,
+        depth: int = 16,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        text_dim: int = 4096,
+        aligner_depth: int = 6,
+        caption_dropout: float = 0.1,
+        mask_ratio_min: float = 0.7,
+        mask_ratio_mean: float = 1.0,
+        mask_ratio_std: float = 0.25,
+        head_width: int = 1024,
+        head_depth: int = 6,
+        diffusion_batch_mul: int = 4,
+        num_train_timesteps: int = 1000,
+        num_sampling_timesteps: int = 100,
+        noise_schedule: str = "cosine",
+        learn_sigma: bool = True,
+    ):
+        """Sizes follow the constructor names; ``grid_size`` and ``token_dim``/``vocab_size``
+        must match the tokenizer, ``text_dim`` the text encoder's output width."""
+        super().__init__()
+        if tokens not in ("continuous", "discrete"):
+            raise ValueError(f"tokens must be 'continuous' or 'discrete', got {tokens!r}")
+        if order not in ("random", "raster"):
+            raise ValueError(f"order must be 'random' or 'raster', got {order!r}")
+        if not 0.0 < mask_ratio_min <= 1.0:
+            raise ValueError(f"mask_ratio_min must be in (0, 1], got {mask_ratio_min}")
+        self.tokens, self.order = tokens, order
+        self.grid_size, self.num_tokens = grid_size, grid_size * grid_size
+        self.token_dim = token_dim if tokens == "continuous" else None
+        self.vocab_size = vocab_size if tokens == "discrete" else None
+        self.width, self.depth = width, depth
+        self.caption_dropout = caption_dropout
+        self.mask_ratio = (mask_ratio_min, mask_ratio_mean, mask_ratio_std)
+
+        self.text = TextAligner(text_dim, width, aligner_depth, num_heads, mlp_ratio, dropout)
+        self.embed = nn.Linear(token_dim, width) if tokens == "continuous" else nn.Embedding(vocab_size, width)
+        # Random order: placeholder for tokens still to predict. Raster: the start token.
+        self.special_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(sincos_2d(grid_size, width)[None])  # learnable, 2-D initialised
+        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.apply(init_weights)
+        nn.init.normal_(self.special_token, std=0.02)
+        if tokens == "continuous":
+            self.head = DiffusionHead(
+                token_dim, width, head_width, head_depth, num_train_timesteps, num_sampling_timesteps,
+                noise_schedule, diffusion_batch_mul, learn_sigma,
+            )
+        else:
+            self.head = LogitsHead(width, vocab_size)
+
+    # ---- shared pieces -------------------------------------------------------------------------
+    def encode_text(self, text: Tensor, text_mask: Tensor, drop: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.text(text, text_mask, drop)
+
+    def _run(self, x: Tensor, ctx: Tensor, ctx_mask: Tensor, cache: KVCache | None = None) -> Tensor:
+        causal = self.order == "raster"
+        for i, block in enumerate(self.blocks):
+            x = block(x, ctx, ctx_mask, causal=causal, cache=None if cache is None else cache.layers[i])
+        return self.norm(x)
+
+    def _check_tokens(self, tokens: Tensor) -> None:
+        if self.tokens == "continuous":
+            ok = tokens.ndim == 3 and tokens.shape[1:] == (self.num_tokens, self.token_dim)
+            want = f"[B, {self.num_tokens}, {self.token_dim}] float"
+        else:
+            ok = tokens.ndim == 2 and tokens.shape[1] == self.num_tokens and not tokens.is_floating_point()
+            want = f"[B, {self.num_tokens}] long"
+        if not ok:
+            raise ValueError(
+                f"generator expects tokens {want}, got {tuple(tokens.shape)} {tokens.dtype}; make grid_size and "
+                "token_dim/vocab_size match the tokenizer"
+            )
+
+    def random_mask(self, batch: int, device, generator: torch.Generator | None = None) -> Tensor:
+        """[B, N] bool, True = masked (to predict). Each sample gets its own random order and its
+        own ratio from the truncated normal; at least one token is masked."""
+        low, mean, std = self.mask_ratio
+        ratio = truncated_normal(batch, mean, std, low, 1.0, generator, device)
+        n_masked = torch.ceil(ratio * self.num_tokens).clamp(1, self.num_tokens).long()
+        scores = torch.rand(batch, self.num_tokens, generator=generator, device=device)
+        rank = scores.argsort(dim=1).argsort(dim=1)  # position of each token in its sample's order
+        return rank < n_masked[:, None]
+
+    # ---- training ------------------------------------------------------------------------------
+    def forward(
+        self, tokens: Tensor, text: Tensor, text_mask: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Training loss for a batch of target tokens and their (frozen) text features."""
+        self._check_tokens(tokens)
+        b, device = tokens.shape[0], tokens.device
+        drop = None
+        if self.training and self.caption_dropout > 0:
+            drop = torch.rand(b, generator=generator, device=device) < self.caption_dropout
+        ctx, ctx_mask = self.encode_text(text, text_mask, drop)
+        if self.order == "random":
+            mask = self.random_mask(b, device, generator)
+            x = torch.where(mask[..., None], self.special_token.to(ctx.dtype), self.embed(tokens).to(ctx.dtype))
+            z = self._run(x + self.pos_embed, ctx, ctx_mask)
+            return self.head.loss(tokens[mask], z[mask], generator=generator)
+        start = self.special_token.expand(b, 1, -1).to(ctx.dtype)
+        x = torch.cat([start, self.embed(tokens[:, :-1]).to(ctx.dtype)], dim=1)
+        z = self._run(x + self.pos_embed, ctx, ctx_mask)
+        return self.head.loss(tokens.flatten(0, 1), z.flatten(0, 1), generator=generator)
+
+    # ---- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        text: Tensor,
+        text_mask: Tensor,
+        num_steps: int = 64,
+        cfg: float = 1.0,
+        cfg_schedule: Literal["constant", "linear"] = "linear",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_kv_cache: bool = True,
+        guidance: bool | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Generate tokens for B text conditions.
+
+        ``cfg`` is the guidance scale; guidance doubles the batch with the null condition and is on
+        whenever ``cfg != 1`` unless ``guidance`` says otherwise. The linear schedule ramps the scale
+        from 1 to ``cfg`` with the fraction of tokens revealed (MAR). ``num_steps`` applies to
+        random order (capped at N); raster order always takes N steps.
+        """
+        if cfg_schedule not in ("constant", "linear"):
+            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
+        guided = cfg != 1.0 if guidance is None else guidance
+        b = text.shape[0]
+        ctx, ctx_mask = self.encode_text(text, text_mask)
+        if guided:
+            null_ctx, null_mask = self.encode_text(text, text_mask, torch.ones(b, dtype=torch.bool, device=text.device))
+            ctx, ctx_mask = torch.cat([ctx, null_ctx]), torch.cat([ctx_mask, null_mask])
+        n = self.num_tokens
+        if self.tokens == "continuous":
+            out = torch.zeros(b, n, self.token_dim, device=text.device, dtype=ctx.dtype)
+        else:
+            out = torch.zeros(b, n, dtype=torch.long, device=text.device)
+
+        def scale(revealed: int) -> float:
+            return 1.0 + (cfg - 1.0) * revealed / n if cfg_schedule == "linear" else cfg
+
+        def predict(z: Tensor, revealed: int) -> Tensor:
+            return self.head.sample(
+                z, temperature=temperature, cfg=scale(revealed) if guided else None, generator=generator, top_k=top_k
+            )
+
+        if self.order == "random":
+            return self._sample_random(out, ctx, ctx_mask, num_steps, guided, predict, generator, progress)
+        return self._sample_raster(out, ctx, ctx_mask, use_kv_cache, guided, predict, progress)
+
+    def _sample_random(self, out, ctx, ctx_mask, num_steps, guided, predict, generator, progress) -> Tensor:
+        b, n = out.shape[:2]
+        scores = torch.rand(b, n, generator=generator, device=out.device)
+        rank = scores.argsort(dim=1).argsort(dim=1)
+        masked = torch.ones(b, n, dtype=torch.bool, device=out.device)
+        schedule = cosine_mask_schedule(n, min(num_steps, n))
+        for n_next in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
+            x = torch.where(masked[..., None], self.special_token.to(ctx.dtype), self.embed(out).to(ctx.dtype))
+            x = x + self.pos_embed
+            z = self._run(torch.cat([x, x]) if guided else x, ctx, ctx_mask)
+            still_masked = rank >= n - n_next  # tokens are revealed in their sample's order
+            to_predict = masked & ~still_masked
+            cond = z[:b][to_predict]
+            if guided:
+                cond = torch.cat([cond, z[b:][to_predict]])
+            out[to_predict] = predict(cond, n - n_next).to(out.dtype)
+            masked = still_masked
+        return out
+
+    def _sample_raster(self, out, ctx, ctx_mask, use_kv_cache, guided, predict, progress) -> Tensor:
+        b, n = out.shape[:2]
+        rows = 2 * b if guided else b
+        cache = KVCache.empty(self.depth) if use_kv_cache else None
+        start = self.special_token.expand(rows, 1, -1).to(ctx.dtype)
+        for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
+            if use_kv_cache:
+                prev = start if i == 0 else self.embed(out[:, i - 1 : i]).to(ctx.dtype)
+                if guided and i > 0:
+                    prev = torch.cat([prev, prev])
+                z = self._run(prev + self.pos_embed[:, i : i + 1], ctx, ctx_mask, cache)[:, -1]
+            else:
+                x = torch.cat([start, self.embed(out[:, :i]).repeat(rows // b, 1, 1).to(ctx.dtype)], dim=1)
+                z = self._run(x + self.pos_embed[:, : i + 1], ctx, ctx_mask)[:, -1]
+            out[:, i] = predict(z, i + 1).to(out.dtype)
+        return out

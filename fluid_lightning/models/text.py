@@ -1,0 +1,121 @@
+"""Text side of the model: a frozen Hugging Face T5 encoder and the trainable aligner that adapts
+its output to the image transformer, with a learned null condition for classifier-free guidance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .transformer import Block
+
+
+class FrozenT5(nn.Module):
+    """T5 encoder + tokenizer, frozen by default.
+
+    ``pretrained`` is a local directory or a hub id (T5-XXL in the Fluid paper); its weights are
+    reloaded from there and therefore left out of checkpoints. ``config`` instead builds a randomly
+    initialised ``T5Config(**config)`` with a byte-level (ByT5) tokenizer that needs no files — for
+    tests and tiny CPU runs; those weights are saved with the checkpoint.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: dict[str, Any] | None = None,
+        max_length: int = 128,
+        freeze: bool = True,
+    ):
+        super().__init__()
+        from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
+
+        if (pretrained is None) == (config is None):
+            raise ValueError("FrozenT5 needs exactly one of `pretrained` (path or hub id) or `config` (a T5Config dict)")
+        self.pretrained = pretrained
+        self.max_length = max_length
+        self.freeze = freeze
+        if pretrained is not None:
+            try:
+                self.model = T5EncoderModel.from_pretrained(pretrained)
+                self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
+            except OSError as err:
+                raise OSError(
+                    f"could not load T5 from {pretrained!r}: give a local folder holding config.json, weights and "
+                    "tokenizer files (hub ids need network access and HF_HUB_OFFLINE unset)"
+                ) from err
+        else:
+            self.model = T5EncoderModel(T5Config(**{"vocab_size": 384, **config}))
+            self.tokenizer = ByT5Tokenizer()
+        if freeze:
+            self.model.requires_grad_(False)
+            self.model.eval()
+        if pretrained is not None:
+            self._register_state_dict_hook(_drop_pretrained_weights)
+            self.register_load_state_dict_post_hook(_ignore_missing_pretrained_weights)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.d_model
+
+    def train(self, mode: bool = True) -> FrozenT5:
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()  # a frozen encoder never runs dropout
+        return self
+
+    def forward(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """captions → (embeddings [B, L, dim], mask [B, L] with True on real tokens)."""
+        batch = self.tokenizer(
+            list(captions), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        device = next(self.model.parameters()).device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return hidden, mask.bool()
+
+
+def _drop_pretrained_weights(module: FrozenT5, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "model.")]:
+        del state_dict[key]
+
+
+def _ignore_missing_pretrained_weights(module: FrozenT5, incompatible: Any) -> None:
+    # Keys arrive prefixed from wherever load_state_dict was called, so match on the suffix.
+    own = {f"model.{name}" for name, _ in module.model.state_dict(keep_vars=True).items()}
+    incompatible.missing_keys[:] = [
+        k for k in incompatible.missing_keys if not any(k == o or k.endswith("." + o) for o in own)
+    ]
+
+
+class TextAligner(nn.Module):
+    """Projects frozen text features to the transformer width and refines them with a few
+    trainable blocks (Fluid's "text aligner"); owns the learned null condition for CFG."""
+
+    def __init__(self, text_dim: int, width: int, depth: int, num_heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.proj = nn.Linear(text_dim, width)
+        self.blocks = nn.ModuleList(
+            Block(width, num_heads, mlp_ratio, dropout, cross_attention=False) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.null = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.normal_(self.null, std=0.02)
+
+    def forward(self, text: Tensor, text_mask: Tensor, drop: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Returns (context [B, L, width], mask [B, L]). Rows where ``drop`` is True get the null
+        condition: one learned token at position 0, the rest masked out."""
+        key_mask = text_mask[:, None, None, :]
+        x = self.proj(text)
+        for block in self.blocks:
+            x = block(x, self_mask=key_mask)
+        x = self.norm(x)
+        if drop is None or not bool(drop.any()):
+            return x, text_mask
+        null_ctx = self.null.to(x.dtype).expand_as(x)
+        null_mask = torch.zeros_like(text_mask)
+        null_mask[:, 0] = True
+        x = torch.where(drop[:, None, None], null_ctx, x)
+        mask = torch.where(drop[:, None], null_mask, text_mask)
+        return x, mask

@@ -1,0 +1,194 @@
+"""Transformer building blocks: SDPA self-attention with an optional KV cache, cross-attention
+to text, MLP, pre-norm blocks, and 2-D position embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class LayerCache:
+    """Per-block decoding state: self-attention keys/values grown one step at a time and the
+    text keys/values, which do not change during sampling and are projected once."""
+
+    self_k: Tensor | None = None
+    self_v: Tensor | None = None
+    cross_kv: tuple[Tensor, Tensor] | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.self_k is None:
+            self.self_k, self.self_v = k, v
+        else:
+            self.self_k = torch.cat([self.self_k, k], dim=2)
+            self.self_v = torch.cat([self.self_v, v], dim=2)
+        return self.self_k, self.self_v
+
+
+@dataclass
+class KVCache:
+    layers: list[LayerCache] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, depth: int) -> KVCache:
+        return cls([LayerCache() for _ in range(depth)])
+
+    @property
+    def length(self) -> int:
+        k = self.layers[0].self_k
+        return 0 if k is None else k.shape[2]
+
+
+def _split_heads(x: Tensor, num_heads: int) -> Tensor:
+    b, t, c = x.shape
+    return x.view(b, t, num_heads, c // num_heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}; pick a divisor of the width")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, causal: bool = False, cache: LayerCache | None = None
+    ) -> Tensor:
+        q, k, v = (_split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        if cache is not None:
+            past = 0 if cache.self_k is None else cache.self_k.shape[2]
+            k, v = cache.append(k, v)
+            if causal and q.shape[2] > 1:
+                # Prefill of several positions: position past+i sees keys 0..past+i.
+                q_pos = torch.arange(past, past + q.shape[2], device=x.device)
+                mask = q_pos[:, None] >= torch.arange(k.shape[2], device=x.device)[None, :]
+            causal = False  # a single new query may see every cached key
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj_drop(self.proj(_merge_heads(out)))
+
+
+class CrossAttention(nn.Module):
+    """Image tokens (queries) read the text sequence (keys/values); text padding is masked."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, cache: LayerCache | None = None) -> Tensor:
+        q = _split_heads(self.q(x), self.num_heads)
+        if cache is not None and cache.cross_kv is not None:
+            k, v = cache.cross_kv
+        else:
+            k, v = (_split_heads(t, self.num_heads) for t in self.kv(ctx).chunk(2, dim=-1))
+            if cache is not None:
+                cache.cross_kv = (k, v)
+        mask = None if ctx_mask is None else ctx_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj_drop(self.proj(_merge_heads(out)))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, optional cross-attention to text, MLP."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, cross_attention: bool = True
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, num_heads, dropout)
+        self.norm_cross = nn.LayerNorm(dim) if cross_attention else None
+        self.cross = CrossAttention(dim, num_heads, dropout) if cross_attention else None
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        ctx: Tensor | None = None,
+        ctx_mask: Tensor | None = None,
+        self_mask: Tensor | None = None,
+        causal: bool = False,
+        cache: LayerCache | None = None,
+    ) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask=self_mask, causal=causal, cache=cache)
+        if self.cross is not None:
+            x = x + self.cross(self.norm_cross(x), ctx, ctx_mask, cache=cache)
+        return x + self.mlp(self.norm2(x))
+
+
+def sincos_2d(grid_size: int, dim: int) -> Tensor:
+    """Fixed 2-D sine-cosine embedding [grid_size², dim] (MAE): half the channels encode the row,
+    half the column, so a token knows where it sits on the image grid."""
+    if dim % 4:
+        raise ValueError(f"width {dim} must be divisible by 4 for 2-D sin-cos position embeddings")
+    quarter = dim // 4
+    freqs = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * freqs[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+
+
+def init_weights(module: nn.Module) -> None:
+    """Xavier-uniform linears with zero bias (MAR/MAE convention), unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = [
+    "Block",
+    "CrossAttention",
+    "KVCache",
+    "LayerCache",
+    "MLP",
+    "SelfAttention",
+    "init_weights",
+    "param_count",
+    "sincos_2d",
+]

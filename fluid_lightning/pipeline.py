@@ -1,0 +1,105 @@
+"""FluidPipeline: prompts → images, from a training checkpoint or from modules in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .models.generator import FluidGenerator
+from .models.text import FrozenT5
+from .models.tokenizers import ImageTokenizer
+
+
+class FluidPipeline:
+    """Holds a generator (the EMA weights when loaded from a checkpoint), its tokenizer and its
+    text encoder. ``pipe(prompts, ...)`` returns PIL images; ``pipe.generate`` returns a tensor."""
+
+    def __init__(self, generator: FluidGenerator, tokenizer: ImageTokenizer, text_encoder: FrozenT5):
+        self.generator = generator
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> FluidPipeline:
+        from .lit.generator_module import GeneratorModule
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}; pass the .ckpt file written by `fit` (see runs/)")
+        module = GeneratorModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        return module.pipeline().to(device)
+
+    def to(self, device: str | torch.device) -> FluidPipeline:
+        for part in (self.generator, self.tokenizer, self.text_encoder):
+            part.to(device).eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        num_steps: int = 64,
+        cfg: float = 1.0,
+        cfg_schedule: Literal["constant", "linear"] = "linear",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_kv_cache: bool = True,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1]. The same ``seed`` gives the same images."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        was_training = self.generator.training
+        self.generator.eval()
+        if generator is None and seed is not None:
+            generator = torch.Generator(self.device).manual_seed(seed)
+        try:
+            text, text_mask = self.text_encoder(prompts)
+            tokens = self.generator.sample(
+                text,
+                text_mask,
+                num_steps=num_steps,
+                cfg=cfg,
+                cfg_schedule=cfg_schedule,
+                temperature=temperature,
+                top_k=top_k,
+                use_kv_cache=use_kv_cache,
+                generator=generator,
+                progress=progress,
+            )
+            images = self.tokenizer.decode(tokens)
+        finally:
+            self.generator.train(was_training)
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    def __call__(self, prompts: list[str] | str, **kwargs) -> list[Image.Image]:
+        return to_pil(self.generate(prompts, **kwargs))
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    """[B, 3, H, W] in [0, 1] → PIL images."""
+    arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
+
+
+def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:
+    """Tile equally sized images into one, row by row."""
+    if not images:
+        raise ValueError("make_grid needs at least one image")
+    columns = columns or min(len(images), max(1, int(len(images) ** 0.5 + 0.999)))
+    rows = (len(images) + columns - 1) // columns
+    w, h = images[0].size
+    grid = Image.new("RGB", (columns * w, rows * h), (0, 0, 0))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * w, (i // columns) * h))
+    return grid
