@@ -25,6 +25,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
 
     jsonargparse.set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     register_resolvers()
+    # Frozen parts (text encoder, tokenizer, EMA copy) stay in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # omegaconf+ resolves ${...} after command-line overrides, so interpolations follow them.
     return LightningCLI(
         L.LightningModule,
@@ -106,12 +108,18 @@ def params_main(argv: list[str]) -> None:
         prog="fluid_lightning params", description="Parameter counts of model configs, built on the meta device."
     )
     parser.add_argument("configs", nargs="+", help="YAML files with model.init_args.generator")
+    parser.add_argument(
+        "--with", dest="base", action="append", default=[], help="config merged under each one (e.g. the data config)"
+    )
     ns = parser.parse_args(argv)
     from .models.summary import generator_param_counts, load_generator_config
 
     print(f"{'config':<40} {'transformer':>12} {'aligner':>10} {'head':>10} {'total':>12}")
     for path in ns.configs:
-        counts = generator_param_counts(load_generator_config(path))
+        try:
+            counts = generator_param_counts(load_generator_config(path, ns.base))
+        except (ValueError, OSError) as err:
+            parser.error(str(err))
         print(
             f"{path:<40} {_human(counts['transformer']):>12} {_human(counts['aligner']):>10} "
             f"{_human(counts['head']):>10} {_human(counts['total']):>12}"
@@ -146,8 +154,6 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] in _CUSTOM_COMMANDS:
         {"sample": sample_main, "params": params_main, "data": data_main}[argv[0]](argv[1:])
         return
-    # Frozen parts (text encoder, tokenizer, EMA copy) stay in eval mode on purpose.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     lightning_cli(None if args is None else argv)
 
 

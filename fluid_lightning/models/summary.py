@@ -7,14 +7,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from .transformer import param_count
 
 
-def load_generator_config(path: str | Path) -> dict[str, Any]:
-    """The ``model.init_args.generator`` entry of a YAML config ({class_path, init_args})."""
-    config = yaml.safe_load(Path(path).read_text())
+def load_generator_config(path: str | Path, base: list[str | Path] = ()) -> dict[str, Any]:
+    """The ``model.init_args.generator`` entry ({class_path, init_args}) of a YAML config merged
+    over ``base`` configs, with ``${...}`` interpolations resolved as the CLI resolves them."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from ..cli import register_resolvers
+
+    register_resolvers()
+    merged = OmegaConf.merge(*(OmegaConf.load(p) for p in [*base, path]))
+    try:
+        config = OmegaConf.to_container(merged, resolve=True)
+    except InterpolationResolutionError as err:
+        raise ValueError(
+            f"{path}: {err.msg.splitlines()[0]}; compose it with the config that defines the key, "
+            "e.g. --with conf/data/shapes.yaml"
+        ) from err
     try:
         generator = config["model"]["init_args"]["generator"]
     except (KeyError, TypeError) as err:

@@ -1,0 +1,20 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fluid_lightning.models import FrozenT5  # noqa: E402
+from tiny import TINY_T5  # noqa: E402
+
+@pytest.fixture
+def tiny_t5() -> FrozenT5:
+    torch.manual_seed(0)
+    return FrozenT5(config=TINY_T5, max_length=32)
+
+
+@pytest.fixture
+def text(tiny_t5):
+    return tiny_t5(["a photo of a red circle", "a photo of two squares", "a photo of a blue triangle"])

@@ -1,0 +1,122 @@
+"""The CLI as a user drives it: every shipped config parses, the tiny variants train, overrides
+propagate through interpolations, bad input fails clearly, and checkpoints become images."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fluid_lightning.cli import lightning_cli, main
+from fluid_lightning.models.summary import generator_param_counts, load_generator_config
+from fluid_lightning.pipeline import FluidPipeline
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TINY = sorted(CONF.glob("model/tiny_*.yaml"))
+SIZES = sorted(CONF.glob("model/fluid_*.yaml"))
+BASE = [CONF / "trainer/cpu.yaml", CONF / "data/shapes.yaml"]
+GPU_ONLY = {CONF / "trainer/gpu.yaml"}
+
+
+def config_args(*paths) -> list[str]:
+    return [arg for p in paths for arg in ("--config", str(p))]
+
+
+def test_every_config_is_covered_by_a_test():
+    covered = set(TINY) | set(SIZES) | set(BASE) | GPU_ONLY | set(CONF.glob("experiment/*.yaml"))
+    assert set(CONF.rglob("*.yaml")) <= covered | set(CONF.glob("data/*.yaml")) | set(CONF.glob("trainer/*.yaml"))
+
+
+@pytest.mark.parametrize("path", sorted(set(CONF.rglob("*.yaml")) - set(SIZES) - GPU_ONLY), ids=lambda p: p.stem)
+def test_config_instantiates_through_the_cli(path, tmp_path):
+    base = [b for b in BASE if b.parent != path.parent]
+    model = [] if path.parent.name in ("model", "experiment") else [CONF / "model/tiny_fluid.yaml"]
+    args = [*config_args(*base, *model, path), "--trainer.default_root_dir", str(tmp_path)]
+    cli = lightning_cli(args, run=False)
+    assert cli.model is not None and cli.datamodule is not None
+
+
+@pytest.mark.parametrize("path", sorted(SIZES) + sorted(GPU_ONLY), ids=lambda p: p.stem)
+def test_large_and_gpu_configs_parse(path, capsys):
+    # These need T5-XXL weights or a GPU to instantiate; the parser still checks every key and type.
+    with pytest.raises(SystemExit) as exit_info:
+        lightning_cli(["fit", *config_args(*BASE, path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", SIZES, ids=lambda p: p.stem)
+def test_size_family_matches_its_nominal_size_on_meta(path):
+    nominal = {"166m": 166e6, "369m": 369e6, "665m": 665e6, "1.1b": 1.1e9, "3.1b": 3.1e9, "10.5b": 10.5e9}
+    total = generator_param_counts(load_generator_config(path))["total"]
+    assert abs(total / nominal[path.stem.split("_")[1]] - 1) < 0.10
+
+
+@pytest.mark.parametrize("path", TINY, ids=lambda p: p.stem)
+def test_fast_dev_run_of_each_tiny_variant(path, tmp_path):
+    main(["fit", *config_args(*BASE, path), "--trainer.fast_dev_run=true", "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_override_propagates_through_interpolations(tmp_path):
+    cli = lightning_cli(
+        [*config_args(*BASE, CONF / "model/tiny_fluid.yaml"), "--data.init_args.image_size=48",
+         "--model.init_args.tokenizer.init_args.patch_size=8"],
+        run=False,
+    )
+    assert cli.model.tokenizer.image_size == 48
+    assert cli.model.generator.grid_size == 6 and cli.model.generator.token_dim == 8 * 8 * 3
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--model.init_args.generator.init_args.widht=3", "widht"),
+        ("--model.init_args.generator.init_args.depth=two", "depth"),
+        ("--model.init_args.generator.init_args.order=spiral", "order"),
+    ],
+)
+def test_bad_config_values_fail_with_a_message_naming_the_key(override, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        lightning_cli(["fit", *config_args(*BASE, CONF / "model/tiny_fluid.yaml"), override])
+    assert exit_info.value.code != 0
+    assert message in capsys.readouterr().err
+
+
+def test_mismatched_tokenizer_and_generator_names_the_fix():
+    with pytest.raises(ValueError, match="set model.init_args.generator.init_args.grid_size: 8"):
+        lightning_cli(
+            [*config_args(*BASE, CONF / "model/tiny_fluid.yaml"), "--model.init_args.generator.init_args.grid_size=5"],
+            run=False,
+        )
+
+
+def test_checkpoint_to_pipeline_to_images_round_trip(tmp_path):
+    cli = lightning_cli(
+        ["fit", *config_args(*BASE, CONF / "model/tiny_raster_discrete.yaml"), "--trainer.max_steps=2",
+         "--trainer.limit_val_batches=0", "--data.init_args.batch_size=4", "--trainer.default_root_dir", str(tmp_path)],
+    )
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    prompts = ["a photo of a red circle", "a photo of two squares"]
+    expected = cli.model.pipeline().generate(prompts, cfg=2.0, seed=7)
+    pipe = FluidPipeline.from_checkpoint(ckpt)
+    torch.testing.assert_close(pipe.generate(prompts, cfg=2.0, seed=7), expected, rtol=0, atol=0)
+    # The pipeline samples with the EMA weights, which the checkpoint carries.
+    assert not torch.equal(pipe.generator.embed.weight, cli.model.generator.embed.weight)
+    torch.testing.assert_close(pipe.generator.embed.weight, cli.model.ema.embed.weight, rtol=0, atol=0)
+    images = pipe(prompts, seed=1)
+    assert [im.size for im in images] == [(32, 32), (32, 32)]
+
+    out = tmp_path / "samples"
+    main(["sample", "--ckpt", str(ckpt), "--prompt", prompts[0], "--prompt", prompts[1], "--per-prompt", "2",
+          "--out", str(out), "--cfg", "2", "--seed", "3", "--no-kv-cache"])
+    pngs = sorted(out.glob("0*.png"))
+    assert len(pngs) == 4 and Image.open(out / "grid.png").size == (64, 64)
+    again = tmp_path / "again"
+    main(["sample", "--ckpt", str(ckpt), "--prompt", prompts[0], "--prompt", prompts[1], "--per-prompt", "2",
+          "--out", str(again), "--cfg", "2", "--seed", "3"])
+    assert (again / "grid.png").read_bytes() == (out / "grid.png").read_bytes()  # KV cache or not, same images
+
+
+def test_sample_with_a_missing_checkpoint_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "x", "--out", str(tmp_path)])
