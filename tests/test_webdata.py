@@ -1,0 +1,246 @@
+"""Shard writing and WebDataModule reading: rank/worker splits, bad data, latents, commands."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from lightning import LightningModule, Trainer
+from PIL import Image
+
+from fluid_lightning.data.commands import add_data_commands
+from fluid_lightning.data.geneval import TAGS, evaluate_objects, find_objects
+from fluid_lightning.data.shards import (
+    ShardSink,
+    write_image_shards,
+    write_latent_shards,
+    write_shapes_shards,
+)
+from fluid_lightning.data.webdata import DataStatsLogger, WebDataModule, expand_shard_urls
+
+SIZE = 32
+
+
+def _jpeg(seed: int, size: int = 48) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _module(urls, **overrides) -> WebDataModule:
+    args = dict(image_size=SIZE, batch_size=4, num_workers=0, shuffle_buffer=8, pin_memory=False,
+                persistent_workers=False, resampled=False)
+    args.update(overrides)
+    return WebDataModule(urls, **args)
+
+
+def _keys(loader) -> list[str]:
+    return [key for batch in loader for key in batch["key"]]
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    stats = write_shapes_shards(out, n=80, val_n=12, size=SIZE, shard_size=10, progress=False)
+    assert stats["train"]["written"] == 80 and len(stats["train"]["shards"]) == 8
+    return out, stats
+
+
+def test_two_ranks_two_workers_read_disjoint_samples_covering_the_data(shapes_dir):
+    out, stats = shapes_dir
+    per_rank = []
+    for rank in range(2):
+        dm = _module(stats["train"]["urls"], rank=rank, world_size=2, num_workers=2)
+        dm.setup("fit")
+        assert len(dm.rank_urls["train"]) == 4  # split in the main process
+        keys = _keys(dm.train_dataloader())
+        assert len(keys) == len(set(keys))
+        assert dm.stats()["samples"] == len(keys)  # counted in the worker processes
+        per_rank.append(set(keys))
+    assert not per_rank[0] & per_rank[1]
+    assert per_rank[0] | per_rank[1] == {f"{i:09d}" for i in range(80)}
+
+
+def test_resampled_epoch_has_the_same_length_on_every_rank(shapes_dir):
+    _, stats = shapes_dir
+    lengths = []
+    for rank in range(2):
+        dm = _module(stats["train"]["urls"], rank=rank, world_size=2, num_workers=2, resampled=True,
+                     epoch_batches=5)
+        loader = dm.train_dataloader()
+        counts = [sum(1 for _ in loader) for _ in range(2)]  # two epochs
+        assert counts == [len(loader)] * 2
+        lengths.append(len(loader))
+    assert lengths == [6, 6]  # 5 rounded up to a multiple of 2 workers
+
+
+def test_batches_follow_the_contract_and_match_the_renderer(shapes_dir):
+    out, stats = shapes_dir
+    dm = _module(None, val_urls=str(out / "val"))  # a folder works as a spec
+    batches = list(dm.val_dataloader())
+    batch = batches[0]
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].dtype == torch.float32
+    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert all(isinstance(c, str) for c in batch["caption"])
+    assert sum(len(b["key"]) for b in batches) == 12
+    # stored PNGs are lossless: colour matching on a decoded batch finds what the json says
+    with Image.open(io.BytesIO(_member(stats["val"]["shards"][0], "000000000.png"))) as image:
+        meta = json.loads(_member(stats["val"]["shards"][0], "000000000.json"))
+        assert evaluate_objects(meta, find_objects(image))[0]
+    pixels = ((batch["image"][0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+    assert evaluate_objects(meta, find_objects(pixels))[0]
+    prompts = [json.loads(line) for line in (out / "evaluation_metadata.jsonl").read_text().splitlines()]
+    assert {p["tag"] for p in prompts} == set(TAGS)
+    assert all(set(p) <= {"tag", "include", "exclude", "prompt"} for p in prompts)
+
+
+def _member(tar_path: str, name: str) -> bytes:
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        return tar.extractfile(name).read()
+
+
+def test_bad_samples_are_skipped_and_counted_exactly(tmp_path):
+    good = {}
+    with ShardSink(tmp_path / "mixed", shard_size=7) as sink:
+        for i in range(10):
+            key = f"good{i:02d}"
+            good[key] = f"noise image {i}"
+            if i % 3 == 0:  # caption from the json field instead of .txt
+                sink.write(key, {"jpg": _jpeg(i), "json": json.dumps({"caption": good[key]})})
+            else:
+                sink.write(key, {"jpg": _jpeg(i), "txt": good[key]})
+        sink.write("truncated", {"jpg": _jpeg(99)[:400], "txt": "cut short"})
+        sink.write("notimage", {"jpg": b"this is not a jpeg at all", "txt": "text bytes"})
+        sink.write("nocaption", {"jpg": _jpeg(100)})
+        sink.write("emptycaption", {"jpg": _jpeg(101), "txt": "  "})
+        sink.write("noimage", {"txt": "caption without image"})
+    missing = str(tmp_path / "does-not-exist.tar")
+    urls = sink.shards + [missing]
+    expected = {"samples": 10, "missing_image": 1, "missing_caption": 2, "bad_image": 2,
+                "bad_latent": 0, "shard_errors": 1}
+    for workers in (2, 0):  # counts add up across worker processes; in-process we can also see the warning
+        dm = _module(urls, num_workers=workers, shuffle_buffer=0)
+        with pytest.warns(UserWarning, match="does-not-exist") if workers == 0 else _no_check():
+            batches = list(dm.train_dataloader())
+        got = {k: c for b in batches for k, c in zip(b["key"], b["caption"])}
+        assert got == good
+        assert dm.stats() == expected
+
+
+def _no_check():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_latent_shards_read_back(tmp_path):
+    rng = np.random.default_rng(0)
+    floats = {f"{i:04d}": rng.standard_normal((16, 4)).astype(np.float16) for i in range(6)}
+    stats = write_latent_shards(((k, v, f"caption {k}") for k, v in floats.items()), tmp_path / "f", shard_size=4)
+    assert stats["written"] == 6 and len(stats["shards"]) == 2
+    dm = _module(stats["urls"], kind="latents", batch_size=3, shuffle_buffer=0)
+    batches = list(dm.train_dataloader())
+    assert [b["latent"].shape for b in batches] == [(3, 16, 4), (3, 16, 4)]
+    assert batches[0]["latent"].dtype == torch.float32
+    for batch in batches:
+        for key, latent, caption in zip(batch["key"], batch["latent"], batch["caption"]):
+            assert caption == f"caption {key}"
+            assert torch.equal(latent, torch.from_numpy(floats[key].astype(np.float32)))
+    codes = [(f"{i:04d}", torch.randint(0, 8192, (16,)), "codes") for i in range(4)]
+    stats = write_latent_shards(codes, tmp_path / "codes")
+    batch = next(iter(_module(stats["urls"], kind="latents", batch_size=4, shuffle_buffer=0).train_dataloader()))
+    assert batch["latent"].dtype == torch.long and batch["latent"].shape == (4, 16)
+    assert torch.equal(batch["latent"], torch.stack([c for _, c, _ in codes]))
+
+
+def test_expand_shard_urls(tmp_path):
+    for name in ("a-000.tar", "a-001.tar", "b.tar"):
+        (tmp_path / name).write_bytes(b"")
+    assert expand_shard_urls(str(tmp_path / "a-{000..001}.tar")) == [str(tmp_path / "a-000.tar"),
+                                                                     str(tmp_path / "a-001.tar")]
+    assert expand_shard_urls(str(tmp_path / "a-*.tar")) == expand_shard_urls(str(tmp_path / "a-{000..001}.tar"))
+    assert len(expand_shard_urls(str(tmp_path))) == 3
+    assert expand_shard_urls(f"{tmp_path}/b.tar::pipe:cat {tmp_path}/b.tar") == [
+        str(tmp_path / "b.tar"), f"pipe:cat {tmp_path}/b.tar"]
+
+
+def test_pipe_urls_are_read(shapes_dir):
+    _, stats = shapes_dir
+    shard = stats["val"]["shards"][0]
+    keys = _keys(_module(f"pipe:cat {shard}", shuffle_buffer=0).train_dataloader())
+    assert len(keys) == 10
+
+
+def test_commands(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_data_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["shapes", "--out", str(tmp_path / "s"), "--n", "12", "--val-n", "4",
+                              "--size", "32", "--shard-size", "5", "--no-progress"])
+    stats = args.func(args)
+    printed = capsys.readouterr().out
+    assert "train: 12 samples in 3 shards" in printed and "val: 4 samples in 1 shards" in printed
+    assert stats["evaluation_prompts"] == len((tmp_path / "s" / "evaluation_metadata.jsonl").read_text().splitlines())
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        Image.open(io.BytesIO(_jpeg(i))).save(folder / f"img{i}.png")
+        if i != 4:
+            (folder / f"img{i}.txt").write_text(f"caption {i}\n")
+    (folder / "broken.jpg").write_bytes(b"garbage")
+    (folder / "broken.txt").write_text("broken")
+    args = parser.parse_args(["shards", "--from", str(folder), "--out", str(tmp_path / "o"), "--shard-size", "3",
+                              "--no-progress"])
+    stats = args.func(args)
+    assert stats["written"] == 4 and stats["skipped"] == {"missing_caption": 1, "bad_image": 1}
+    assert "written: 4 samples in 2 shards" in capsys.readouterr().out
+    captions = {c for b in _module(stats["urls"], shuffle_buffer=0).train_dataloader() for c in b["caption"]}
+    assert captions == {f"caption {i}" for i in range(4)}
+
+    jsonl = tmp_path / "list.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": f"imgs/img{i}.png", "caption": f"c{i}"}) + "\n" for i in range(3)))
+    stats = write_image_shards(jsonl, tmp_path / "j", progress=False)
+    assert stats["written"] == 3 and stats["skipped"] == {}
+
+
+class _TinyModule(LightningModule):
+    """Just enough of a model to drive the data through a Trainer."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        assert batch["image"].shape[1:] == (3, SIZE, SIZE) and len(batch["caption"]) == batch["image"].shape[0]
+        return (self.weight - batch["image"].mean()).pow(2)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_trainer_fit_with_stats_logger(shapes_dir, tmp_path):
+    _, stats = shapes_dir
+    dm = _module(stats["train"]["urls"], resampled=True, epoch_batches=3)
+    trainer = Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=[DataStatsLogger()])
+    trainer.fit(_TinyModule(), datamodule=dm)
+    assert trainer.global_step == 6
+    assert trainer.callback_metrics["data/samples"].item() == 6 * 4
+    assert trainer.callback_metrics["data/bad_image"].item() == 0
+
+
+def test_only_broken_shards_fail_loudly_instead_of_spinning(tmp_path):
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"\x00" * 10 + b"not a tar")
+    dm = _module([str(broken)], resampled=True, epoch_batches=2)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="shard errors in a row"):
+        next(iter(dm.train_dataloader()))
+    assert dm.stats()["shard_errors"] == 101
