@@ -96,7 +96,7 @@ def sample_main(argv: list[str]) -> None:
                 progress=True,
             )
         )
-    for i, (prompt, image) in enumerate(zip(prompts, images)):
+    for i, image in enumerate(images):
         image.save(out / f"{i:04d}.png")
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
     make_grid(images, columns=ns.per_prompt if ns.per_prompt > 1 else None).save(out / "grid.png")
