@@ -14,6 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .config import register_resolvers
+
 _CUSTOM_COMMANDS = ("sample", "params", "data")
 
 
@@ -39,18 +41,6 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
         args=args,
         run=run,
     )
-
-
-def register_resolvers() -> None:
-    """Arithmetic for configs, e.g. grid_size: ${floordiv:${data.init_args.image_size},4}."""
-    import math
-
-    from omegaconf import OmegaConf
-
-    resolvers = {"floordiv": lambda a, b: int(a) // int(b), "mul": lambda *xs: math.prod(int(x) for x in xs)}
-    for name, fn in resolvers.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_resolver(name, fn)
 
 
 def sample_main(argv: list[str]) -> None:

@@ -14,20 +14,9 @@ from .transformer import param_count
 def load_generator_config(path: str | Path, base: list[str | Path] = ()) -> dict[str, Any]:
     """The ``model.init_args.generator`` entry ({class_path, init_args}) of a YAML config merged
     over ``base`` configs, with ``${...}`` interpolations resolved as the CLI resolves them."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import InterpolationResolutionError
+    from ..config import load_config
 
-    from ..cli import register_resolvers
-
-    register_resolvers()
-    merged = OmegaConf.merge(*(OmegaConf.load(p) for p in [*base, path]))
-    try:
-        config = OmegaConf.to_container(merged, resolve=True)
-    except InterpolationResolutionError as err:
-        raise ValueError(
-            f"{path}: {err.msg.splitlines()[0]}; compose it with the config that defines the key, "
-            "e.g. --with conf/data/shapes.yaml"
-        ) from err
+    config = load_config(*base, path)
     try:
         generator = config["model"]["init_args"]["generator"]
     except (KeyError, TypeError) as err:
