@@ -1,0 +1,231 @@
+"""Per-token output heads of the generator transformer, with one shared interface.
+
+``loss(target, cond, generator)`` -> scalar, ``sample(cond, temperature, cfg, generator)`` -> tokens.
+With ``cfg`` set, ``cond`` is the batch-doubled ``[cond; uncond]`` and the result has half its rows.
+
+- :class:`DiffusionHead`: continuous tokens, MAR's "SimpleMLPAdaLN" denoiser (arXiv 2406.11838).
+- :class:`LogitsHead`: discrete tokens, a linear classifier over the codebook.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fluid_lightning.models.diffusion import GaussianDiffusion
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of the (training-scale) diffusion timestep followed by an MLP."""
+
+    def __init__(self, width: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+        )
+        args = t.float()[:, None] * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class AdaLNResBlock(nn.Module):
+    """Residual MLP block whose LayerNorm shift/scale and residual gate come from the condition."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale, gate = self.ada(c).chunk(3, dim=-1)
+        return x + gate * self.mlp(_modulate(self.norm(x), shift, scale))
+
+
+class AdaLNFinalLayer(nn.Module):
+    def __init__(self, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_dim)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm(x), shift, scale))
+
+
+class SimpleMLPAdaLN(nn.Module):
+    """Denoiser net(x_t, t, cond): c = emb(t) + proj(cond) modulates every block through adaLN."""
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, out_dim: int) -> None:
+        super().__init__()
+        self.input_proj = nn.Linear(token_dim, width)
+        self.time_embed = TimestepEmbedder(width)
+        self.cond_embed = nn.Linear(cond_dim, width)
+        self.blocks = nn.ModuleList(AdaLNResBlock(width) for _ in range(depth))
+        self.final = AdaLNFinalLayer(width, out_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.time_embed.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+        # Zero adaLN and output: every block starts as the identity and the head predicts ε=0, v=0
+        # (MAR/DiT), which keeps the early loss well-behaved.
+        for block in self.blocks:
+            nn.init.zeros_(block.ada[-1].weight)
+            nn.init.zeros_(block.ada[-1].bias)
+        for lin in (self.final.ada[-1], self.final.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        dtype = self.input_proj.weight.dtype  # follow the parameters' dtype (bf16-true runs)
+        h = self.input_proj(x.to(dtype))
+        c = self.time_embed(t) + self.cond_embed(cond.to(dtype))
+        for block in self.blocks:
+            h = block(h, c)
+        return self.final(h, c)
+
+
+class DiffusionHead(nn.Module):
+    """Per-token diffusion head for continuous tokens (MAR's DiffLoss).
+
+    Defaults follow MAR: 3 blocks x 1024 wide, cosine schedule, 1000 training steps, 100 respaced
+    sampling steps, ``batch_mul=4`` timesteps per target, learned variance. Fluid (arXiv 2410.13863)
+    uses a six-block head: ``depth=6``.
+    """
+
+    def __init__(
+        self,
+        token_dim: int,
+        cond_dim: int,
+        width: int = 1024,
+        depth: int = 3,
+        num_train_steps: int = 1000,
+        num_sampling_steps: int = 100,
+        noise_schedule: str = "cosine",
+        batch_mul: int = 4,
+        learn_sigma: bool = True,
+    ) -> None:
+        super().__init__()
+        self.token_dim = token_dim
+        self.batch_mul = batch_mul
+        self.learn_sigma = learn_sigma
+        self.net = SimpleMLPAdaLN(token_dim, cond_dim, width, depth, token_dim * (2 if learn_sigma else 1))
+        # Plain attributes, not buffers: the schedules are constants, rebuilt from the constructor args.
+        self.train_diffusion = GaussianDiffusion(num_train_steps, noise_schedule, learn_sigma)
+        self.sample_diffusion = self.train_diffusion.respaced(num_sampling_steps)
+
+    def loss(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """target [N, token_dim], cond [N, cond_dim] -> scalar mean loss over N * batch_mul rows,
+        each target repeated ``batch_mul`` times with independent timesteps and noise."""
+        if target.shape[0] != cond.shape[0]:
+            raise ValueError(f"target has {target.shape[0]} rows but cond has {cond.shape[0]}")
+        target = target.repeat(self.batch_mul, 1)
+        cond = cond.repeat(self.batch_mul, 1)
+        losses = self.train_diffusion.training_losses(lambda x, t: self.net(x, t, cond), target, generator)
+        return losses.mean()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Tensor,
+        temperature: float = 1.0,
+        cfg: float | None = None,
+        generator: torch.Generator | None = None,
+        **unused: object,
+    ) -> Tensor:
+        """cond [M, cond_dim] -> [M, token_dim]; with ``cfg``, cond is [cond; uncond] of 2M rows.
+
+        Under CFG one x_t of M rows is denoised (MAR shares its initial noise between the halves; here
+        the whole trajectory is shared), with ε = ε_u + cfg (ε_c - ε_u) and the conditional variance.
+        """
+        if cfg is None:
+
+            def model_fn(x: Tensor, t: Tensor) -> Tensor:
+                return self.net(x, t, cond).float()
+
+            m = cond.shape[0]
+        else:
+            if cond.shape[0] % 2:
+                raise ValueError("with cfg, cond must hold [cond; uncond] (an even number of rows)")
+            m = cond.shape[0] // 2
+
+            def model_fn(x: Tensor, t: Tensor) -> Tensor:
+                out = self.net(torch.cat([x, x]), torch.cat([t, t]), cond).float()
+                out_c, out_u = out.chunk(2, dim=0)
+                eps_c, eps_u = out_c[:, : self.token_dim], out_u[:, : self.token_dim]
+                eps = eps_u + cfg * (eps_c - eps_u)
+                return torch.cat([eps, out_c[:, self.token_dim :]], dim=-1)
+
+        return self.sample_diffusion.sample(
+            model_fn, (m, self.token_dim), cond.device, temperature=temperature, generator=generator
+        )
+
+
+class LogitsHead(nn.Module):
+    """Codebook classifier for discrete tokens (MaskGIT/LlamaGen-style variants)."""
+
+    def __init__(self, cond_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.norm = nn.LayerNorm(cond_dim)
+        self.proj = nn.Linear(cond_dim, vocab_size)
+
+    def logits(self, cond: Tensor) -> Tensor:
+        return self.proj(self.norm(cond)).float()
+
+    def loss(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """target [N] token ids, cond [N, cond_dim] -> scalar cross-entropy (generator unused)."""
+        return F.cross_entropy(self.logits(cond), target.long())
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Tensor,
+        temperature: float = 1.0,
+        cfg: float | None = None,
+        generator: torch.Generator | None = None,
+        top_k: int | None = None,
+        **unused: object,
+    ) -> Tensor:
+        """cond [M, cond_dim] (or [cond; uncond] of 2M rows with ``cfg``) -> token ids [M].
+
+        Logits are guided as u + cfg (c - u), divided by ``temperature`` (0 means argmax), then
+        optionally restricted to the ``top_k`` most likely tokens.
+        """
+        logits = self.logits(cond)
+        if cfg is not None:
+            c, u = logits.chunk(2, dim=0)
+            logits = u + cfg * (c - u)
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if generator is not None and generator.device != probs.device:
+            return (
+                torch.multinomial(probs.to(generator.device), 1, generator=generator)
+                .squeeze(-1)
+                .to(cond.device)
+            )
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
