@@ -120,3 +120,18 @@ def test_checkpoint_to_pipeline_to_images_round_trip(tmp_path):
 def test_sample_with_a_missing_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "x", "--out", str(tmp_path)])
+
+
+def test_predict_writes_images_for_the_validation_captions(tmp_path):
+    fit_dir, out = tmp_path / "fit", tmp_path / "predict"
+    common = [*config_args(*BASE, CONF / "model/tiny_maskgit.yaml"), "--data.init_args.batch_size=3",
+              "--model.init_args.sample_steps=4"]
+    main(["fit", *common, "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+          "--trainer.default_root_dir", str(fit_dir)])
+    ckpt = next(fit_dir.rglob("last.ckpt"))
+    main(["predict", *common, "--ckpt_path", str(ckpt), "--trainer.limit_predict_batches=2",
+          "--trainer.default_root_dir", str(tmp_path / "p"),
+          "--trainer.callbacks+=fluid_lightning.callbacks.image_writer.ImageWriter",
+          f"--trainer.callbacks.out_dir={out}"])
+    assert len(list(out.glob("0_*.png"))) == 6
+    assert len((out / "captions_rank0.jsonl").read_text().splitlines()) == 6

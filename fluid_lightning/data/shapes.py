@@ -370,3 +370,7 @@ class ShapesDataModule(LightningDataModule):
         if self.val_set is None:
             self.setup("validate")
         return self._loader(self.val_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """`predict` generates images for the validation captions."""
+        return self.val_dataloader()

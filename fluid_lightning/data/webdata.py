@@ -388,6 +388,10 @@ class WebDataModule(LightningDataModule):
             return []  # Lightning reads an empty list as "no validation"
         return self._loader(self._stream("val", train=False))
 
+    def predict_dataloader(self) -> DataLoader | list:
+        """`predict` generates images for the validation captions."""
+        return self.val_dataloader()
+
     def stats(self) -> dict[str, int]:
         """Samples delivered and skipped (by reason) on this rank, all workers included."""
         return self.counters.as_dict() if self.counters is not None else dict.fromkeys(COUNTERS, 0)

@@ -33,10 +33,14 @@ class GeneratorModule(L.LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         min_lr_ratio: float = 0.0,
         ema_decay: float | None = 0.9999,
+        sample_steps: int = 64,
+        sample_cfg: float = 3.0,
+        sample_temperature: float = 1.0,
     ):
         """``lr`` is absolute (MAR: 1e-4 × global_batch / 256). Weight decay skips biases, norms,
         embeddings and learned tokens. ``ema_decay=None`` turns the EMA copy off; otherwise its
-        decay ramps up as min(ema_decay, (1+t)/(10+t)) so short runs still get a useful average."""
+        decay ramps up as min(ema_decay, (1+t)/(10+t)) so short runs still get a useful average.
+        ``sample_*`` are the sampling settings of ``predict`` and the defaults of ``log_images``."""
         super().__init__()
         # Built from a config (LightningCLI or from_config): the nested configs are plain dicts and
         # rebuild the model on load. Built from objects: they are not pickled into the checkpoint.
@@ -100,6 +104,11 @@ class GeneratorModule(L.LightningModule):
         self.log("test/loss", loss, batch_size=b, sync_dist=True)
         return loss
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Images for the batch's captions; the seed depends on batch and rank, so reruns repeat."""
+        seed = batch_idx * self.trainer.world_size + self.trainer.global_rank
+        return {"images": self.log_images(batch["caption"], seed=seed), "caption": list(batch["caption"])}
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.trainer.global_step
         if self.ema is not None and step != self._ema_step:  # once per optimizer step, not per micro-batch
@@ -145,7 +154,9 @@ class GeneratorModule(L.LightningModule):
     @torch.no_grad()
     def log_images(self, prompts: list[str], **sample_kwargs: Any) -> Tensor:
         """Images [B, 3, H, W] in [0, 1] for the prompts, sampled with the EMA weights."""
-        return self.pipeline().generate(prompts, **sample_kwargs)
+        hp = self.hparams
+        defaults = {"num_steps": hp.sample_steps, "cfg": hp.sample_cfg, "temperature": hp.sample_temperature}
+        return self.pipeline().generate(prompts, **{**defaults, **sample_kwargs})
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: float):
