@@ -1,9 +1,11 @@
-"""Command line: LightningCLI for fit/validate/test/predict, plus `sample`, `params` and `data`.
+"""Command line: LightningCLI for fit/validate/test/predict, plus `sample`, `params`, `data`, `evaluate`.
 
     python -m fluid_lightning fit --config conf/experiment/quickstart.yaml
     python -m fluid_lightning sample --ckpt runs/.../last.ckpt --prompt "a photo of a red circle" --out samples/
     python -m fluid_lightning params conf/model/*.yaml
     python -m fluid_lightning data shapes --out data/shapes --n 20000
+    python -m fluid_lightning evaluate generate --ckpt last.ckpt --metadata evaluation_metadata.jsonl --out gen/
+    python -m fluid_lightning evaluate shapes --images gen/
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from .config import register_resolvers
 
-_CUSTOM_COMMANDS = ("sample", "params", "data")
+_CUSTOM_COMMANDS = ("sample", "params", "data", "evaluate")
 
 
 
@@ -125,6 +127,15 @@ def data_main(argv: list[str]) -> None:
     ns.func(ns)
 
 
+def evaluate_main(argv: list[str]) -> None:
+    from .evaluation.commands import add_evaluate_commands
+
+    parser = argparse.ArgumentParser(prog="fluid_lightning evaluate", description="Generate and score images.")
+    add_evaluate_commands(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(argv)
+    ns.func(ns)
+
+
 def _human(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
@@ -142,7 +153,7 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if argv and argv[0] in _CUSTOM_COMMANDS:
-        {"sample": sample_main, "params": params_main, "data": data_main}[argv[0]](argv[1:])
+        {"sample": sample_main, "params": params_main, "data": data_main, "evaluate": evaluate_main}[argv[0]](argv[1:])
         return
     lightning_cli(None if args is None else argv)
 

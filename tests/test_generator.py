@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from tiny import tiny_generator
 
 from fluid_lightning.models.generator import cosine_mask_schedule, truncated_normal
-
-from tiny import tiny_generator
 
 VARIANTS = [(t, o) for t in ("continuous", "discrete") for o in ("random", "raster")]
 

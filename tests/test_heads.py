@@ -13,15 +13,6 @@ MU = torch.tensor([[-2.0, 1.0], [2.0, -1.0]])
 SD = torch.tensor([[0.3, 0.5], [0.5, 0.3]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread is as fast, and it does not collapse when the CPUs are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

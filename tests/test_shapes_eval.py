@@ -1,0 +1,184 @@
+"""The shapes evaluator: right images pass, wrong ones fail for the right reason, the
+GenEval folder layout round-trips, and the `evaluate` commands work end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluid_lightning.data.geneval import TAGS, find_objects, label_components
+from fluid_lightning.data.shapes import SceneSpec, evaluation_suite, geneval_metadata, render_scene
+from fluid_lightning.evaluation.commands import add_evaluate_commands
+from fluid_lightning.evaluation.shapes_eval import (
+    evaluate_folder,
+    evaluate_image,
+    format_summary,
+    iter_geneval_folder,
+    score_images,
+    summarize,
+    write_geneval_folder,
+)
+
+SUITE = evaluation_suite()  # every tag; 112 prompts
+
+
+def _noisy(image: Image.Image, sigma: float = 8.0, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, sigma, (*image.size[::-1], 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+
+
+PERTURBATIONS = {
+    "clean64": lambda spec: render_scene(spec, 64)[0],
+    "clean128": lambda spec: render_scene(spec, 128)[0],
+    "noise64": lambda spec: _noisy(render_scene(spec, 64)[0]),
+    "noise128": lambda spec: _noisy(render_scene(spec, 128)[0], seed=1),
+    "resize64to100": lambda spec: render_scene(spec, 64)[0].resize((100, 100), Image.Resampling.BILINEAR),
+}
+
+
+@pytest.mark.parametrize("name", list(PERTURBATIONS))
+def test_renderer_images_are_judged_correct_for_every_tag(name):
+    results = score_images([PERTURBATIONS[name](spec) for spec in SUITE], [geneval_metadata(s) for s in SUITE])
+    wrong = [(r["prompt"], r["reason"]) for r in results if not r["correct"]]
+    assert not wrong, wrong
+    summary = summarize(results)
+    assert set(summary["tags"]) == set(TAGS) and summary["overall"] == 1.0
+
+
+def _judge(claimed: SceneSpec, drawn: SceneSpec, size: int = 64) -> dict:
+    return evaluate_image(render_scene(drawn, size)[0], geneval_metadata(claimed))
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_wrong_images_fail_with_the_right_reason(size):
+    red_circle = SceneSpec("colors", (("circle", "red"),), True, layout_seed=3)
+    judged = _judge(red_circle, replace(red_circle, objects=(("circle", "blue"),)), size)
+    assert not judged["correct"] and judged["reason"] == "expected red circle>=1, found 0"
+
+    three = SceneSpec("counting", (("square", "green"),) * 3, layout_seed=4)
+    judged = _judge(three, replace(three, objects=(("square", "green"),) * 2), size)
+    assert not judged["correct"] and judged["reason"] == "expected square>=3, found 2"
+    judged = _judge(three, replace(three, objects=(("square", "green"),) * 4), size)
+    assert not judged["correct"] and judged["reason"] == "expected square<4, found 4"
+
+    left = SceneSpec("position", (("triangle", "yellow"), ("circle", "blue")), relation="left of", layout_seed=5)
+    judged = _judge(left, replace(left, relation="right of"), size)
+    assert not judged["correct"] and judged["reason"] == "expected triangle left of target, found ['right of']"
+
+    pair = SceneSpec("two_object", (("circle", "pink"), ("triangle", "white")), layout_seed=6)
+    judged = _judge(pair, SceneSpec("single_object", (("circle", "pink"),), layout_seed=6), size)
+    assert not judged["correct"] and judged["reason"] == "expected triangle>=1, found 0"
+
+    attr = SceneSpec("color_attr", (("square", "orange"), ("circle", "purple")), True, layout_seed=7)
+    judged = _judge(attr, replace(attr, objects=(("square", "purple"), ("circle", "orange"))), size)
+    assert not judged["correct"]
+    assert judged["reason"].splitlines() == ["expected orange square>=1, found 0", "expected purple circle>=1, found 0"]
+
+    shape = SceneSpec("single_object", (("triangle", "black"),), layout_seed=8)
+    assert not _judge(shape, replace(shape, objects=(("square", "black"),)), size)["correct"]
+
+
+def test_blank_and_busy_images_find_nothing_or_fail_cleanly():
+    assert find_objects(Image.new("RGB", (64, 64), (128, 128, 128))) == []
+    assert find_objects(_noisy(Image.new("RGB", (96, 96), (90, 90, 90)), sigma=12)) == []
+    judged = evaluate_image(Image.new("RGB", (64, 64), (10, 200, 10)), geneval_metadata(SUITE[0]))
+    assert not judged["correct"] and judged["reason"]
+
+
+def test_touching_objects_of_different_colours_are_split():
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([10, 10, 29, 29], fill=(220, 20, 20))
+    draw.rectangle([30, 12, 47, 29], fill=(20, 60, 220))  # shares an edge with the red one
+    found = {(o["class"], o["color"], tuple(o["box"])) for o in find_objects(image)}
+    assert found == {("square", "red", (10, 10, 30, 30)), ("square", "blue", (30, 12, 48, 30))}
+
+
+def test_found_boxes_match_the_drawn_boxes():
+    for spec in SUITE[:40]:
+        image, _, meta = render_scene(spec, 128)
+        found = sorted(o["box"] for o in find_objects(image))
+        drawn = sorted(o["box"] for o in meta["objects"])
+        assert len(found) == len(drawn)
+        assert np.abs(np.asarray(found) - np.asarray(drawn)).max() <= 1, (spec, found, drawn)
+
+
+def test_label_components_is_4_connected():
+    mask = np.array([[1, 1, 0, 1],
+                     [0, 1, 0, 1],
+                     [1, 0, 0, 0],
+                     [1, 0, 1, 1]], dtype=bool)
+    labels, count = label_components(mask)
+    assert count == 4 and ((labels > 0) == mask).all()
+    assert labels[0, 0] == labels[1, 1] != labels[2, 0] == labels[3, 0]
+
+
+def _write_suite(root, per_prompt: int = 2, wrong_every: int = 0) -> list[dict]:
+    records = [geneval_metadata(s) for s in SUITE[:12]]
+    for i, (spec, record) in enumerate(zip(SUITE[:12], records)):
+        images = [render_scene(replace(spec, layout_seed=spec.layout_seed + n), 64)[0] for n in range(per_prompt)]
+        if wrong_every and i % wrong_every == 0:
+            images[0] = Image.new("RGB", (64, 64), (128, 128, 128))  # nothing drawn
+        write_geneval_folder(root, i, record, images)
+    return records
+
+
+def test_folder_round_trip_and_geneval_summary(tmp_path):
+    records = _write_suite(tmp_path, wrong_every=4)
+    (tmp_path / "notes").mkdir()  # ignored, as GenEval ignores non-numeric folders
+    found = list(iter_geneval_folder(tmp_path))
+    assert len(found) == 24 and found[0][0].name == "00000.png" and found[0][1] == records[0]
+    results, summary = evaluate_folder(tmp_path, out=tmp_path / "results.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 24
+    assert set(lines[0]) >= {"filename", "tag", "prompt", "correct", "reason", "metadata"}
+    assert lines[0]["filename"] == "00000/samples/00000.png" and lines[0]["correct"] is False
+    assert summary["images"] == 24 and summary["prompts"] == 12
+    assert summary["correct_images"] == pytest.approx(21 / 24) and summary["correct_prompts"] == 1.0
+    tag_means = [t["accuracy"] for t in summary["tags"].values()]
+    assert summary["overall"] == pytest.approx(np.mean(tag_means))  # GenEval: mean over tasks
+    assert "Overall score (avg. over tasks)" in format_summary(summary)
+    with pytest.raises(FileNotFoundError, match="layout"):
+        evaluate_folder(tmp_path / "notes")
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_evaluate_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_shapes_command_prints_the_summary(tmp_path, capsys):
+    _write_suite(tmp_path, per_prompt=1)
+    ns = _parse(["shapes", "--images", str(tmp_path), "--json", "--no-progress"])
+    summary = ns.func(ns)
+    assert json.loads(capsys.readouterr().out)["overall"] == summary["overall"] == 1.0
+    assert (tmp_path / "results.jsonl").is_file()
+
+
+def test_generate_command_writes_geneval_layout_that_the_evaluator_reads(tmp_path):
+    from fluid_lightning.cli import main
+
+    main(["fit", "--config", "conf/trainer/cpu.yaml", "--config", "conf/data/shapes.yaml", "--config",
+          "conf/model/tiny_fluid.yaml", "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+          "--data.init_args.batch_size=2", "--trainer.default_root_dir", str(tmp_path)])
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    metadata = tmp_path / "evaluation_metadata.jsonl"
+    metadata.write_text("".join(json.dumps(geneval_metadata(s)) + "\n" for s in SUITE[:3]))
+    out = tmp_path / "samples"
+    ns = _parse(["generate", "--ckpt", str(ckpt), "--metadata", str(metadata), "--out", str(out),
+                 "--per-prompt", "2", "--batch-size", "4", "--steps", "2", "--device", "cpu", "--no-progress"])
+    assert ns.func(ns) == 6
+    pngs = sorted(out.rglob("*.png"))
+    assert [p.relative_to(out).as_posix() for p in pngs[:2]] == ["00000/samples/00000.png", "00000/samples/00001.png"]
+    assert len(pngs) == 6 and Image.open(pngs[0]).size == (32, 32)
+    results, summary = evaluate_folder(out)
+    assert len(results) == 6 and summary["prompts"] == 3  # an untrained model: scored, not necessarily right
