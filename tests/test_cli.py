@@ -135,3 +135,12 @@ def test_predict_writes_images_for_the_validation_captions(tmp_path):
           f"--trainer.callbacks.out_dir={out}"])
     assert len(list(out.glob("0_*.png"))) == 6
     assert len((out / "captions_rank0.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("command,metric", [("validate", "val/loss"), ("test", "test/loss")])
+def test_validate_and_test_report_their_loss(command, metric, tmp_path):
+    cli = lightning_cli(
+        [command, *config_args(*BASE, CONF / "model/tiny_maskgit.yaml"), "--trainer.limit_val_batches=1",
+         "--trainer.limit_test_batches=1", "--data.init_args.batch_size=2", "--trainer.default_root_dir", str(tmp_path)]
+    )
+    assert torch.isfinite(cli.trainer.callback_metrics[metric])

@@ -335,8 +335,9 @@ def collate_images(samples: list[dict]) -> dict:
 class ShapesDataModule(LightningDataModule):
     """Shapes scenes rendered on the fly: no files, deterministic by index.
 
-    Train and val draw from the training split (held-out prompts never appear) from
-    separate index streams; use `evaluation_suite()` for the held-out prompts.
+    Train, val and test draw from the training split (held-out prompts never appear) from
+    separate index streams (test has ``num_val`` scenes); use `evaluation_suite()` for the
+    held-out prompts.
     """
 
     def __init__(self, image_size: int = 64, num_train: int = 10_000, num_val: int = 256,
@@ -349,11 +350,13 @@ class ShapesDataModule(LightningDataModule):
         self.bg_jitter, self.tags, self.pin_memory = bg_jitter, tuple(tags), pin_memory
         self.train_set: ShapesDataset | None = None
         self.val_set: ShapesDataset | None = None
+        self.test_set: ShapesDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         common = dict(image_size=self.image_size, seed=self.seed, bg_jitter=self.bg_jitter, tags=self.tags)
         self.train_set = ShapesDataset(self.num_train, stream="train", **common)
         self.val_set = ShapesDataset(self.num_val, stream="val", **common)
+        self.test_set = ShapesDataset(self.num_val, stream="test", **common)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
@@ -370,6 +373,11 @@ class ShapesDataModule(LightningDataModule):
         if self.val_set is None:
             self.setup("validate")
         return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            self.setup("test")
+        return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """`predict` generates images for the validation captions."""
