@@ -9,8 +9,6 @@ module (mixed Tensor/DTensor errors otherwise).
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -18,21 +16,22 @@ from torch import nn
 
 from fluid_lightning.evaluation.fid import make_fid
 
+from .periodic import PeriodicCallback, publish_metrics
 
-class FIDCallback(L.Callback):
+
+class FIDCallback(PeriodicCallback):
     def __init__(self, feature: nn.Module | None = None, num_images: int = 256, every_n_steps: int = 1000,
                  on_fit_end: bool = True, batch_size: int = 64, num_steps: int = 32, cfg: float = 3.0,
                  temperature: float = 1.0, seed: int = 0, name: str = "fid"):
         """``feature``: see `make_fid` (default: the offline `TinyConvFeatures`, fine for trends,
         not comparable with published FIDs). Logged as ``val/<name>``."""
-        self.feature, self.num_images, self.every_n_steps = feature, num_images, every_n_steps
-        self.at_fit_end, self.batch_size, self.name = on_fit_end, batch_size, name
+        super().__init__(every_n_steps, on_fit_end)
+        self.feature, self.num_images, self.batch_size, self.name = feature, num_images, batch_size, name
         self.sample_kwargs = {"num_steps": num_steps, "cfg": cfg, "temperature": temperature}
         self.seed = seed
         self.metric = None
         self.captions: list[str] | None = None
         self._disabled = False
-        self._last_step = -1
 
     def _prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         if self._disabled:
@@ -59,20 +58,10 @@ class FIDCallback(L.Callback):
             return False
         return True
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_fit_end and trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
         if not self._prepare(trainer, pl_module):
             return None
-        self._last_step = step = trainer.global_step
+        step = trainer.global_step
         self.metric.reset()  # fakes only: reset_real_features=False keeps the real statistics
         generator = torch.Generator(pl_module.device).manual_seed(self.seed)
         for start in range(0, len(self.captions), self.batch_size):
@@ -81,10 +70,7 @@ class FIDCallback(L.Callback):
             self.metric.update(images.to(pl_module.device), real=False)
         value = float(self.metric.compute()) if trainer.is_global_zero else None
         value = trainer.strategy.broadcast(value, src=0)
-        trainer.callback_metrics[f"val/{self.name}"] = torch.tensor(value)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics({f"val/{self.name}": value}, step=step)
+        publish_metrics(trainer, {f"val/{self.name}": value}, step)
         return value
 
 

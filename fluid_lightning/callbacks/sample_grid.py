@@ -8,7 +8,6 @@ collective; only global rank 0 writes (TensorBoard image + prompts text, and a P
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -16,8 +15,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from fluid_lightning.pipeline import make_grid, to_pil
 
+from .periodic import PeriodicCallback
 
-class SampleGrid(L.Callback):
+
+class SampleGrid(PeriodicCallback):
     def __init__(self, prompts: list[str], every_n_steps: int = 500, on_fit_end: bool = True, num_steps: int = 32,
                  cfg: float = 3.0, temperature: float = 1.0, seed: int = 0, out_dir: str | None = None,
                  columns: int | None = None, tag: str = "samples"):
@@ -28,32 +29,19 @@ class SampleGrid(L.Callback):
         if not prompts:
             raise ValueError("SampleGrid needs at least one prompt")
         self.prompts = list(prompts)
-        self.every_n_steps, self.at_fit_end = every_n_steps, on_fit_end
+        super().__init__(every_n_steps, on_fit_end)
         self.sample_kwargs = {"num_steps": num_steps, "cfg": cfg, "temperature": temperature, "seed": seed}
         self.out_dir, self.columns, self.tag = out_dir, columns, tag
-        self._last_step = -1
         self._warned = False
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step = trainer.global_step
-        # global_step counts optimizer steps: with gradient accumulation this hook sees a step
-        # several times, hence the _last_step guard.
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.log_grid(trainer, pl_module)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_fit_end and trainer.global_step != self._last_step:
-            self.log_grid(trainer, pl_module)
-
-    def log_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not hasattr(pl_module, "log_images"):
             if not self._warned:
                 rank_zero_warn(f"SampleGrid: {type(pl_module).__name__} has no log_images(prompts, ...); "
                                "no sample grids will be logged")
                 self._warned = True
             return
-        step = self._last_step = trainer.global_step
+        step = trainer.global_step
         images = pl_module.log_images(self.prompts, **self.sample_kwargs)  # on every rank (FSDP)
         if not trainer.is_global_zero:
             return

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -22,8 +21,10 @@ from fluid_lightning.data.shapes import evaluation_suite, geneval_metadata
 from fluid_lightning.evaluation.shapes_eval import read_metadata, score_images, summarize
 from fluid_lightning.pipeline import to_pil
 
+from .periodic import PeriodicCallback, publish_metrics
 
-class ShapesEvalCallback(L.Callback):
+
+class ShapesEvalCallback(PeriodicCallback):
     def __init__(self, metadata: str | None = None, per_prompt: int = 1, every_n_steps: int = 1000,
                  on_fit_end: bool = True, max_prompts: int | None = None, batch_size: int = 64,
                  num_steps: int = 32, cfg: float = 3.0, temperature: float = 1.0, seed: int = 0,
@@ -33,13 +34,13 @@ class ShapesEvalCallback(L.Callback):
         is reported once and the callback stays off; training goes on. ``max_prompts``: evaluate
         the first N records only (quick looks). ``out_file``: per-image results as JSONL, rewritten
         at every evaluation (rank 0)."""
-        self.metadata_path, self.per_prompt, self.every_n_steps = metadata, per_prompt, every_n_steps
-        self.at_fit_end, self.max_prompts, self.batch_size = on_fit_end, max_prompts, batch_size
+        super().__init__(every_n_steps, on_fit_end)
+        self.metadata_path, self.per_prompt = metadata, per_prompt
+        self.max_prompts, self.batch_size = max_prompts, batch_size
         self.sample_kwargs = {"num_steps": num_steps, "cfg": cfg, "temperature": temperature}
         self.seed, self.out_file = seed, out_file
         self.records: list[dict] | None = None
         self._disabled = False
-        self._last_step = -1
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.records is not None or self._disabled:
@@ -62,21 +63,11 @@ class ShapesEvalCallback(L.Callback):
         rank_zero_warn(f"ShapesEvalCallback is off: {why}. Training continues without shapes scores.")
         self._disabled = True
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_fit_end and trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:
         """Sample, score, log; returns the summary (see `summarize`), or None when off."""
         if self._disabled or not self.records:
             return None
-        self._last_step = step = trainer.global_step
+        step = trainer.global_step
         records = [r for r in self.records for _ in range(self.per_prompt)]
         generator = torch.Generator(pl_module.device).manual_seed(self.seed)  # same noise every time
         images = []
@@ -93,9 +84,5 @@ class ShapesEvalCallback(L.Callback):
         summary = trainer.strategy.broadcast(summary, src=0)
         metrics = {f"shapes/{tag}": entry["accuracy"] for tag, entry in summary["tags"].items()}
         metrics["shapes/overall"] = summary["overall"]
-        for name, value in metrics.items():
-            trainer.callback_metrics[name] = torch.tensor(value)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+        publish_metrics(trainer, metrics, step)
         return summary
