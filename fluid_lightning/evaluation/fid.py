@@ -54,3 +54,36 @@ def make_fid(feature: nn.Module | None = None, reset_real_features: bool = False
     feature = TinyConvFeatures() if feature is None else feature
     return FrechetInceptionDistance(feature=feature, reset_real_features=reset_real_features, normalize=True,
                                     sync_on_compute=False)
+
+
+class TorchScriptFeatures(nn.Module):
+    """A feature network saved as TorchScript, e.g. the standard FID Inception-v3
+    (``pt_inception-2015-12-05-6726825d.pth`` from the StyleGAN2-ADA/clean-fid releases), which
+    takes [B, 3, H, W] pixel values in [0, 255] and returns 2048-d pool features. Images come in
+    as [0, 1] floats and are scaled by ``input_scale``; ``call_kwargs`` go to its forward (for
+    that file: ``{"return_features": true}``)."""
+
+    def __init__(self, path: str, input_scale: float = 255.0, call_kwargs: dict | None = None,
+                 num_features: int | None = None):
+        super().__init__()
+        try:
+            self.net = torch.jit.load(path, map_location="cpu").eval()
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            raise FileNotFoundError(
+                f"no TorchScript feature network at {path!r}: download the FID Inception weights on a machine "
+                "with network access and pass their local path"
+            ) from err
+        self.input_scale, self.call_kwargs = input_scale, dict(call_kwargs or {})
+        if num_features is None:  # torchmetrics needs the width; probe it once
+            with torch.no_grad():
+                num_features = self.forward(torch.zeros(1, 3, 64, 64)).shape[-1]
+        self.num_features = num_features
+
+    def train(self, mode: bool = True) -> TorchScriptFeatures:
+        return super().train(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        images = images.float()
+        if images.max() > 1.5:  # uint8-range input (torchmetrics' probe without normalize)
+            images = images / 255.0
+        return self.net(images * self.input_scale, **self.call_kwargs).flatten(1)
