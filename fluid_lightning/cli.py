@@ -6,6 +6,7 @@
     python -m fluid_lightning data shapes --out data/shapes --n 20000
     python -m fluid_lightning evaluate generate --ckpt last.ckpt --metadata evaluation_metadata.jsonl --out gen/
     python -m fluid_lightning evaluate shapes --images gen/
+    python -m fluid_lightning checkpoint consolidate runs/.../last.ckpt model.safetensors
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from .config import register_resolvers
 
-_CUSTOM_COMMANDS = ("sample", "params", "data", "evaluate")
+_CUSTOM_COMMANDS = ("sample", "params", "data", "evaluate", "checkpoint")
 
 
 
@@ -136,6 +137,12 @@ def evaluate_main(argv: list[str]) -> None:
     ns.func(ns)
 
 
+def checkpoint_main(argv: list[str]) -> None:
+    from .checkpointing import consolidate_main
+
+    consolidate_main(argv)
+
+
 def _human(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
@@ -153,7 +160,9 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if argv and argv[0] in _CUSTOM_COMMANDS:
-        {"sample": sample_main, "params": params_main, "data": data_main, "evaluate": evaluate_main}[argv[0]](argv[1:])
+        commands = {"sample": sample_main, "params": params_main, "data": data_main, "evaluate": evaluate_main,
+                    "checkpoint": checkpoint_main}
+        commands[argv[0]](argv[1:])
         return
     lightning_cli(None if args is None else argv)
 

@@ -28,8 +28,17 @@ class FluidPipeline:
         from .lit.generator_module import GeneratorModule
 
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"{path} is a sharded (FSDP2) checkpoint; make one file first: "
+                f"python -m fluid_lightning checkpoint consolidate {path} model.safetensors"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint at {path}; pass the .ckpt file written by `fit` (see runs/)")
+        if path.suffix == ".safetensors":  # written by `checkpoint consolidate`: weights + config
+            from .checkpointing import load_consolidated
+
+            return load_consolidated(path).pipeline().to(device)
         module = GeneratorModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         return module.pipeline().to(device)
 

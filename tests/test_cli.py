@@ -24,13 +24,14 @@ def config_args(*paths) -> list[str]:
 
 def test_every_config_is_covered_by_a_test():
     covered = set(TINY) | set(SIZES) | set(BASE) | GPU_ONLY | set(CONF.glob("experiment/*.yaml"))
+    covered |= set(CONF.glob("tokenizer/*.yaml"))  # full configs, like experiment/
     assert set(CONF.rglob("*.yaml")) <= covered | set(CONF.glob("data/*.yaml")) | set(CONF.glob("trainer/*.yaml"))
 
 
 @pytest.mark.parametrize("path", sorted(set(CONF.rglob("*.yaml")) - set(SIZES) - GPU_ONLY), ids=lambda p: p.stem)
 def test_config_instantiates_through_the_cli(path, tmp_path):
     base = [b for b in BASE if b.parent != path.parent]
-    model = [] if path.parent.name in ("model", "experiment") else [CONF / "model/tiny_fluid.yaml"]
+    model = [] if path.parent.name in ("model", "experiment", "tokenizer") else [CONF / "model/tiny_fluid.yaml"]
     args = [*config_args(*base, *model, path), "--trainer.default_root_dir", str(tmp_path)]
     cli = lightning_cli(args, run=False)
     assert cli.model is not None and cli.datamodule is not None

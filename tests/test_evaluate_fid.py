@@ -48,3 +48,15 @@ def test_fid_command_with_a_torchscript_feature_net_and_both_kinds_of_real_data(
 def test_missing_feature_file_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="pass their local path"):
         TorchScriptFeatures(str(tmp_path / "pt_inception.pth"))
+
+
+def test_fid_callback_without_its_weights_warns_once_and_goes_on_or_refuses_when_strict(tmp_path):
+    from fluid_lightning.callbacks import FIDCallback
+
+    missing = str(tmp_path / "pt_inception.pth")
+    callback = FIDCallback(feature_weights=missing)
+    with pytest.warns(UserWarning, match="FIDCallback is off"):
+        callback.setup(None, None, "fit")
+    assert callback.run(None, None) is None
+    with pytest.raises(FileNotFoundError, match="pass their local path"):
+        FIDCallback(feature_weights=missing, strict=True).setup(None, None, "fit")

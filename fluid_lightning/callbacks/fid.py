@@ -14,24 +14,39 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
-from fluid_lightning.evaluation.fid import make_fid
+from fluid_lightning.evaluation.fid import TorchScriptFeatures, make_fid
 
 from .periodic import PeriodicCallback, publish_metrics
 
 
 class FIDCallback(PeriodicCallback):
-    def __init__(self, feature: nn.Module | None = None, num_images: int = 256, every_n_steps: int = 1000,
-                 on_fit_end: bool = True, batch_size: int = 64, num_steps: int = 32, cfg: float = 3.0,
-                 temperature: float = 1.0, seed: int = 0, name: str = "fid"):
+    def __init__(self, feature: nn.Module | None = None, feature_weights: str | None = None, strict: bool = False,
+                 num_images: int = 256, every_n_steps: int = 1000, on_fit_end: bool = True, batch_size: int = 64,
+                 num_steps: int = 32, cfg: float = 3.0, temperature: float = 1.0, seed: int = 0, name: str = "fid"):
         """``feature``: see `make_fid` (default: the offline `TinyConvFeatures`, fine for trends,
-        not comparable with published FIDs). Logged as ``val/<name>``."""
+        not comparable with published FIDs). ``feature_weights``: instead, the path of a TorchScript
+        FID Inception (`TorchScriptFeatures`); if it cannot be loaded the callback says so once and
+        the run goes on without FID — or, with ``strict=True``, refuses to start. Logged as
+        ``val/<name>``."""
         super().__init__(every_n_steps, on_fit_end)
-        self.feature, self.num_images, self.batch_size, self.name = feature, num_images, batch_size, name
+        self.feature, self.feature_weights, self.strict = feature, feature_weights, strict
+        self.num_images, self.batch_size, self.name = num_images, batch_size, name
         self.sample_kwargs = {"num_steps": num_steps, "cfg": cfg, "temperature": temperature}
         self.seed = seed
         self.metric = None
         self.captions: list[str] | None = None
         self._disabled = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.feature_weights is None or self.feature is not None or self._disabled:
+            return
+        try:
+            self.feature = TorchScriptFeatures(self.feature_weights, call_kwargs={"return_features": True})
+        except FileNotFoundError as err:
+            if self.strict:
+                raise
+            rank_zero_warn(f"FIDCallback is off: {err}. Training continues without FID.")
+            self._disabled = True
 
     def _prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         if self._disabled:

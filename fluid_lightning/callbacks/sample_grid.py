@@ -43,6 +43,8 @@ class SampleGrid(PeriodicCallback):
             return
         step = trainer.global_step
         images = pl_module.log_images(self.prompts, **self.sample_kwargs)  # on every rank (FSDP)
+        # trainer.log_dir is a collective (it broadcasts rank 0's path): ask on every rank.
+        out = Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         if not trainer.is_global_zero:
             return
         grid = make_grid(to_pil(images), columns=self.columns)
@@ -52,7 +54,6 @@ class SampleGrid(PeriodicCallback):
             if hasattr(experiment, "add_image"):  # TensorBoard's SummaryWriter
                 experiment.add_image(self.tag, np.asarray(grid), step, dataformats="HWC")
                 experiment.add_text(f"{self.tag}/prompts", prompts_text.replace("\n", "  \n"), step)
-        out = Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
         grid.save(out / f"{self.tag}_step{step:07d}.png")
         (out / f"{self.tag}_prompts.txt").write_text(prompts_text + "\n", encoding="utf-8")

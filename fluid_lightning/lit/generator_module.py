@@ -36,11 +36,21 @@ class GeneratorModule(L.LightningModule):
         sample_steps: int = 64,
         sample_cfg: float = 3.0,
         sample_temperature: float = 1.0,
+        optimizer: Literal["adamw", "adamw8bit"] = "adamw",
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        shard_text_encoder: bool = False,
     ):
         """``lr`` is absolute (MAR: 1e-4 × global_batch / 256). Weight decay skips biases, norms,
         embeddings and learned tokens. ``ema_decay=None`` turns the EMA copy off; otherwise its
         decay ramps up as min(ema_decay, (1+t)/(10+t)) so short runs still get a useful average.
-        ``sample_*`` are the sampling settings of ``predict`` and the defaults of ``log_images``."""
+        ``sample_*`` are the sampling settings of ``predict`` and the defaults of ``log_images``.
+
+        Scaling switches (applied in ``configure_model`` by ``fluid_lightning.parallel.parallelize``):
+        ``activation_checkpointing`` recomputes each block in backward; ``compile`` compiles each
+        block; under ``ModelParallelStrategy`` the generator and its EMA are sharded with FSDP2 and
+        ``shard_text_encoder`` also shards the frozen T5. ``optimizer="adamw8bit"`` uses bitsandbytes'
+        ``AdamW8bit`` (single process or DDP only: it cannot step FSDP2's DTensor parameters)."""
         super().__init__()
         # Built from a config (LightningCLI or from_config): the nested configs are plain dicts and
         # rebuild the model on load. Built from objects: they are not pickled into the checkpoint.
@@ -48,12 +58,17 @@ class GeneratorModule(L.LightningModule):
         self.save_hyperparameters(ignore=None if from_config else _SUBMODULES)
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if optimizer not in ("adamw", "adamw8bit"):
+            raise ValueError(f"optimizer must be 'adamw' or 'adamw8bit', got {optimizer!r}")
         _check_compatible(generator, tokenizer, text_encoder)
         self.generator = generator
         self.tokenizer = tokenizer.requires_grad_(False).eval()
         self.text_encoder = text_encoder
         self.ema = copy.deepcopy(generator).requires_grad_(False).eval() if ema_decay else None
-        self._ema_step = -1
+        self._parallelized = False
+        # Steps skipped because the loss was NaN/inf (all ranks agree); read by NonFiniteLossGuard.
+        self.nonfinite_total = 0
+        self.nonfinite_in_a_row = 0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> GeneratorModule:
@@ -74,6 +89,24 @@ class GeneratorModule(L.LightningModule):
         """The weights used for sampling and evaluation: the EMA copy when there is one."""
         return self.ema if self.ema is not None else self.generator
 
+    def configure_model(self) -> None:
+        """Called by Lightning on every rank before the optimizer is built. Under
+        ``ModelParallelStrategy`` ``self.device_mesh`` is set and the generator (and the EMA, the
+        same way, so the averaging is shard-local) are sharded with FSDP2; otherwise only activation
+        checkpointing / compile apply. The sharding itself lives in ``parallel.py``."""
+        if self._parallelized:  # Lightning may call this more than once (e.g. fit then validate)
+            return
+        self._parallelized = True
+        from ..parallel import parallelize, shard_text_encoder
+
+        mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None
+        hp = self.hparams
+        parallelize(self.generator, mesh, activation_checkpointing=hp.activation_checkpointing, compile=hp.compile)
+        if self.ema is not None:
+            parallelize(self.ema, mesh)  # no backward through the EMA: no checkpointing or compile
+        if mesh is not None and hp.shard_text_encoder:
+            shard_text_encoder(self.text_encoder, mesh)
+
     # ---- steps ---------------------------------------------------------------------------------
     def _tokens(self, batch: dict[str, Any]) -> Tensor:
         if "latent" in batch:
@@ -88,8 +121,19 @@ class GeneratorModule(L.LightningModule):
         text, text_mask = self.text_encoder(batch["caption"])
         return self.generator(tokens, text, text_mask), tokens.shape[0]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         loss, b = self._loss(batch)
+        # A NaN/inf loss on any rank skips the step on every rank (returning None skips backward and
+        # the update; deciding together keeps DDP/FSDP collectives in step).
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self._trainer is not None:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            self.nonfinite_total += 1
+            self.nonfinite_in_a_row += 1
+            self.log("train/nonfinite_skipped", float(self.nonfinite_total), batch_size=b)
+            return None
+        self.nonfinite_in_a_row = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         return loss
@@ -109,11 +153,13 @@ class GeneratorModule(L.LightningModule):
         seed = batch_idx * self.trainer.world_size + self.trainer.global_rank
         return {"images": self.log_images(batch["caption"], seed=seed), "caption": list(batch["caption"])}
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = self.trainer.global_step
-        if self.ema is not None and step != self._ema_step:  # once per optimizer step, not per micro-batch
-            self._ema_step = step
-            self.update_ema(step)
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Once per optimizer step (not per micro-batch), and before any callback's
+        # on_train_batch_end: a checkpoint saved at step t must hold the EMA of step t, or a
+        # resumed run would miss that update and drift from an uninterrupted one.
+        if self.ema is not None:
+            self.update_ema(self.trainer.global_step)
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
@@ -123,8 +169,20 @@ class GeneratorModule(L.LightningModule):
         for e, b in zip(self.ema.buffers(), self.generator.buffers()):
             e.copy_(b)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from ..checkpointing import capture_rng_state
+
+        # Lightning does not save RNG state; masking, timesteps and shuffling draw from it, so an
+        # exact resume needs it (this rank's state; with several ranks each restores rank 0's).
+        checkpoint["rng_state"] = capture_rng_state()
+        checkpoint["nonfinite_total"] = self.nonfinite_total
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._ema_step = checkpoint.get("global_step", -1)
+        from ..checkpointing import restore_rng_state
+
+        self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
+        if "rng_state" in checkpoint:
+            restore_rng_state(checkpoint["rng_state"])
 
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -135,11 +193,17 @@ class GeneratorModule(L.LightningModule):
                     continue
                 (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(param)
         hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr,
-            betas=tuple(hp.betas),
-        )
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "adamw8bit":
+            from ..parallel import is_sharded
+
+            if is_sharded(self.generator):
+                raise ValueError("optimizer=adamw8bit cannot step FSDP2 (DTensor) parameters; use optimizer=adamw or DDP")
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.AdamW8bit(groups, lr=hp.lr, betas=tuple(hp.betas))
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         schedule = lr_lambda(hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -154,9 +218,12 @@ class GeneratorModule(L.LightningModule):
     @torch.no_grad()
     def log_images(self, prompts: list[str], **sample_kwargs: Any) -> Tensor:
         """Images [B, 3, H, W] in [0, 1] for the prompts, sampled with the EMA weights."""
+        from ..parallel import gathered
+
         hp = self.hparams
         defaults = {"num_steps": hp.sample_steps, "cfg": hp.sample_cfg, "temperature": hp.sample_temperature}
-        return self.pipeline().generate(prompts, **{**defaults, **sample_kwargs})
+        with gathered(self.sampling_generator):  # FSDP2: sampling bypasses forward; gather the root
+            return self.pipeline().generate(prompts, **{**defaults, **sample_kwargs})
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: float):

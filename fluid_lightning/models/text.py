@@ -111,8 +111,10 @@ class TextAligner(nn.Module):
         for block in self.blocks:
             x = block(x, self_mask=key_mask)
         x = self.norm(x)
-        if drop is None or not bool(drop.any()):
-            return x, text_mask
+        if drop is None:
+            drop = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        # Always through torch.where, even with nothing dropped: the null token then gets a (zero)
+        # gradient every step, so all ranks agree on which parameters have gradients (DDP/FSDP2).
         null_ctx = self.null.to(x.dtype).expand_as(x)
         null_mask = torch.zeros_like(text_mask)
         null_mask[:, 0] = True

@@ -1,0 +1,166 @@
+"""Checkpoint files: atomic writes, safe loads, RNG state, and consolidation to one safetensors file.
+
+- ``AtomicCheckpointIO`` (a Lightning ``CheckpointIO`` plugin, ``trainer.plugins`` in
+  conf/trainer/*.yaml): writes to a temporary file in the same folder, fsyncs, then ``os.replace``s
+  it over the target, so a kill during a save leaves the previous checkpoint intact. It loads with
+  ``torch.load(weights_only=True)``: tensors and plain data only, never pickled code.
+- ``consolidate``: a sharded FSDP2 checkpoint (a directory written by ``ModelParallelStrategy``) or a
+  ``.ckpt`` file → one ``.safetensors`` file holding the module weights (EMA included) and the
+  model config as metadata; ``FluidPipeline.from_checkpoint`` loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
+
+CONFIG_KEY = "fluid_lightning.config"  # safetensors metadata key holding model.init_args as JSON
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """The file is not a plain weights checkpoint (it would run code or build arbitrary objects)."""
+
+
+def safe_load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load`` restricted to tensors and plain containers; a pickle carrying code or custom
+    objects is refused with an error that names the file and the offending global."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # torch's message is long; keep the line naming the refused global ("Unsupported global: ...").
+        reason = next((line.split("error: ", 1)[-1] for line in lines if "Unsupported global" in line),
+                      lines[0] if lines else type(err).__name__).split(". Please use")[0]
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it is not a plain weights checkpoint ({reason}). Checkpoints load with "
+            "weights_only=True so that a file cannot run code; re-save it from trusted code as tensors/plain data."
+        ) from err
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` with tmp-file + ``os.replace`` saves and ``weights_only=True`` loads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        _atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        # Ignore weights_only=False requests: resuming never needs arbitrary objects.
+        return safe_load(path, map_location=map_location if map_location is not None else "cpu")
+
+
+# ---- RNG state (Lightning does not checkpoint it) --------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """Torch (CPU and CUDA), NumPy and Python RNG states as tensors/ints, loadable with weights_only."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- consolidation ---------------------------------------------------------------------------------
+def _read_training_checkpoint(src: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(module state dict, checkpoint metadata) from a .ckpt file or a sharded FSDP2 directory."""
+    if src.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        meta_file = src / "meta.pt"  # Lightning's ModelParallelStrategy writes the non-tensor part here
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{src} is a directory but not a sharded Lightning checkpoint (no meta.pt)")
+        with tempfile.TemporaryDirectory() as tmp:
+            full = Path(tmp) / "full.pt"
+            dcp_to_torch_save(src, full)
+            state = safe_load(full)["state_dict"]
+        return state, safe_load(meta_file)
+    if not src.is_file():
+        raise FileNotFoundError(f"no checkpoint at {src}")
+    checkpoint = safe_load(src)
+    return checkpoint.pop("state_dict"), checkpoint
+
+
+def consolidate(src: str | Path, out: str | Path) -> Path:
+    """Write the module weights of a training checkpoint (sharded or not) to one safetensors file
+    with the model config in its metadata. Optimiser state is left out (it is for resuming only)."""
+    from safetensors.torch import save
+
+    state, meta = _read_training_checkpoint(Path(src))
+    hparams = {k: v for k, v in dict(meta.get("hyper_parameters", {})).items() if not k.startswith("_")}
+    if not hparams:
+        raise ValueError(f"{src} has no hyper_parameters: it was not written by a config-built GeneratorModule")
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items() if isinstance(v, Tensor)}
+    metadata = {CONFIG_KEY: json.dumps(hparams, default=list), "global_step": str(meta.get("global_step", -1))}
+    out = Path(out)
+    _atomic_write(out, lambda f: f.write(save(tensors, metadata=metadata)))
+    return out
+
+
+def load_consolidated(path: str | Path):
+    """A ``GeneratorModule`` rebuilt from a consolidated safetensors file (config + weights)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .lit.generator_module import GeneratorModule
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if CONFIG_KEY not in metadata:
+        raise ValueError(f"{path} has no {CONFIG_KEY!r} metadata; write it with `fluid_lightning checkpoint consolidate`")
+    module = GeneratorModule.from_config(json.loads(metadata[CONFIG_KEY]))
+    module.load_state_dict(load_file(str(path)), strict=True)
+    return module.eval()
+
+
+def consolidate_main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="fluid_lightning checkpoint", description="Checkpoint tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cons = sub.add_parser("consolidate", help="sharded FSDP2 directory or .ckpt → one .safetensors (weights + config)")
+    cons.add_argument("src", help="checkpoint written by `fit` (an FSDP2 directory or a .ckpt file)")
+    cons.add_argument("out", help="output .safetensors file")
+    ns = parser.parse_args(argv)
+    out = consolidate(ns.src, ns.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")

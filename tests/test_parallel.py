@@ -1,0 +1,226 @@
+"""Scaling on CPU with gloo: `parallelize` (FSDP2 + activation checkpointing + compile), DDP and FSDP2
+fits through the CLI in two processes, FSDP2 = single-process training on the same global batch,
+and an FSDP2 checkpoint written by two processes resuming in one and consolidating to safetensors.
+
+Run as a script under torchrun it is the FSDP2 equivalence worker (see `_equivalence_worker`)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from tiny import TINY_T5, tiny_generator
+
+from fluid_lightning.models import FrozenT5
+from fluid_lightning.parallel import gathered, is_sharded, parallelize
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+TINY_FIT = ["--config", str(CONF / "data/shapes.yaml"), "--config", str(CONF / "model/tiny_fluid.yaml"),
+            "--trainer.limit_val_batches=0", "--data.init_args.batch_size=4", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false"]
+
+
+def run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def fit(trainer_config: str, root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "fluid_lightning", "fit", "--config", str(CONF / "trainer" / trainer_config),
+                *TINY_FIT, "--trainer.default_root_dir", str(root), *extra])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_process_group():
+    """A world of one gloo process: enough to build DTensors and FSDP2 modules in the test process."""
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield dist.device_mesh.init_device_mesh("cpu", (1,))
+    dist.destroy_process_group()
+
+
+def tiny_batch(b: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    t5 = FrozenT5(config=TINY_T5, max_length=16)
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(b, 16, 6, generator=g)
+    captions = [f"a photo of {i} red circles" for i in range(b)]
+    text, mask = t5(captions)
+    return tokens, text, mask
+
+
+# ---- parallelize, in this process ----------------------------------------------------------------
+def test_parallelize_shards_every_block_keeps_names_and_trains(one_process_group):
+    torch.manual_seed(0)
+    reference = parallelize(tiny_generator())
+    generator = parallelize(copy.deepcopy(reference), one_process_group, activation_checkpointing=True)
+    assert is_sharded(generator) and not is_sharded(reference)
+    # Checkpointing and sharding leave parameter names alone, so checkpoints are interchangeable.
+    assert [n for n, _ in generator.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    assert all(type(b).__name__.startswith("FSDP") for b in [*generator.blocks, *generator.text.blocks])
+    tokens, text, mask = tiny_batch()
+    losses = [m(tokens, text, mask, generator=torch.Generator().manual_seed(1)) for m in (generator, reference)]
+    torch.testing.assert_close(losses[0], losses[1])
+    losses[0].backward()
+    losses[1].backward()
+    for (name, p), q in zip(generator.named_parameters(), reference.parameters()):
+        # Every parameter gets a gradient (the null condition a zero one when no caption was dropped).
+        torch.testing.assert_close(p.grad.full_tensor(), q.grad, msg=name)
+    with gathered(generator):  # sampling bypasses forward: the root must be gathered explicitly
+        out = generator.sample(text[:2], mask[:2], num_steps=2, cfg=2.0, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 16, 6) and torch.isfinite(out).all()
+
+
+def test_sharded_ema_update_and_adamw8bit_refusal(one_process_group):
+    from fluid_lightning.lit.generator_module import GeneratorModule
+    from fluid_lightning.models import PixelPatchTokenizer
+
+    torch.manual_seed(0)
+    module = GeneratorModule(tiny_generator(grid_size=4, token_dim=48), PixelPatchTokenizer(image_size=16, patch_size=4),
+                             FrozenT5(config=TINY_T5), ema_decay=0.9, optimizer="adamw8bit")
+    module._device_mesh = dist.device_mesh.init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
+    module.configure_model()
+    module.configure_model()  # idempotent: Lightning may call it again
+    assert is_sharded(module.generator) and is_sharded(module.ema) and not is_sharded(module.text_encoder)
+    with torch.no_grad():
+        for p in module.generator.parameters():
+            p.add_(1.0)
+    before = module.ema.embed.weight.full_tensor().clone()
+    module.update_ema(step=0)  # decay 0.1: moves 90% of the way, shard by shard
+    expected = before + 0.9 * (module.generator.embed.weight.full_tensor() - before)
+    torch.testing.assert_close(module.ema.embed.weight.full_tensor(), expected)
+    with pytest.raises(ValueError, match="adamw8bit cannot step FSDP2"):
+        module.configure_optimizers()
+
+
+def test_shard_text_encoder_switch(one_process_group):
+    from fluid_lightning.lit.generator_module import GeneratorModule
+    from fluid_lightning.models import PixelPatchTokenizer
+
+    torch.manual_seed(0)
+    module = GeneratorModule(tiny_generator(grid_size=4, token_dim=48), PixelPatchTokenizer(image_size=16, patch_size=4),
+                             FrozenT5(config=TINY_T5), shard_text_encoder=True)
+    expected = module.text_encoder(["a photo of a red circle"])[0]
+    module._device_mesh = dist.device_mesh.init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
+    module.configure_model()
+    assert is_sharded(module.text_encoder)
+    torch.testing.assert_close(module.text_encoder(["a photo of a red circle"])[0], expected)
+    images = module.log_images(["a photo of a red circle"], num_steps=2, cfg=2.0)  # sampling through FSDP2
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+@pytest.mark.slow  # cold torch.compile takes 20-40 s on 2 CPU cores
+def test_compiled_blocks_give_the_eager_loss():
+    torch.manual_seed(0)
+    reference = tiny_generator()
+    compiled = parallelize(copy.deepcopy(reference), compile=True, activation_checkpointing=True)
+    tokens, text, mask = tiny_batch()
+    losses = [m(tokens, text, mask, generator=torch.Generator().manual_seed(1)) for m in (compiled, reference)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-5)
+    losses[0].backward()
+    assert all(p.grad is not None for p in compiled.blocks.parameters())
+
+
+# ---- two processes --------------------------------------------------------------------------------
+def _equivalence_worker(out: str) -> None:
+    """Each of 2 ranks trains its half of a global batch with FSDP2 (+ activation checkpointing);
+    every rank also trains an unsharded copy on the mean of both halves' losses — what one process
+    training on the global batch computes (DDP/FSDP average gradients over ranks). Random draws
+    (masks, timesteps, caption dropout) come from per-half generators so both see the same ones."""
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    reference = parallelize(tiny_generator())  # unsharded: what configure_model does in one process
+    sharded = parallelize(copy.deepcopy(reference), dist.device_mesh.init_device_mesh("cpu", (world,)),
+                          activation_checkpointing=True)
+    opt = torch.optim.AdamW(sharded.parameters(), lr=1e-3)
+    opt_ref = torch.optim.AdamW(reference.parameters(), lr=1e-3)
+    log = {"fsdp": [], "single": []}
+    for step in range(3):
+        tokens, text, mask = tiny_batch(b=4 * world, seed=step)
+        halves = [x.chunk(world) for x in (tokens, text, mask)]
+        gens = [torch.Generator().manual_seed(100 * step + r) for r in range(world)]
+        loss = sharded(halves[0][rank], halves[1][rank], halves[2][rank], generator=gens[rank])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        gens = [torch.Generator().manual_seed(100 * step + r) for r in range(world)]
+        ref = sum(reference(halves[0][r], halves[1][r], halves[2][r], generator=gens[r]) for r in range(world)) / world
+        ref.backward()
+        opt_ref.step()
+        opt_ref.zero_grad()
+        log["fsdp"].append(mean_loss.item() / world)
+        log["single"].append(ref.item())
+    full = {n: p.full_tensor() for n, p in sharded.named_parameters()}
+    log["max_weight_diff"] = max((full[n] - p).abs().max().item() for n, p in reference.named_parameters())
+    if rank == 0:
+        Path(out).write_text(json.dumps(log))
+    dist.destroy_process_group()
+
+
+def test_fsdp2_loss_matches_single_process_on_the_same_global_batch(tmp_path):
+    out = tmp_path / "losses.json"
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+         str(Path(__file__)), str(out)])
+    log = json.loads(out.read_text())
+    assert log["fsdp"] == pytest.approx(log["single"], rel=1e-5, abs=1e-6)
+    assert log["max_weight_diff"] < 1e-5
+
+
+def test_ddp_fits_in_two_processes_bf16_true(tmp_path):
+    fit("ddp.yaml", tmp_path, "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=3",
+        "--trainer.precision=bf16-true")
+    from fluid_lightning.checkpointing import safe_load
+
+    checkpoint = safe_load(next(tmp_path.rglob("last.ckpt")))
+    assert checkpoint["global_step"] == 3
+    assert all(torch.isfinite(v.float()).all() for k, v in checkpoint["state_dict"].items() if k.startswith("generator."))
+
+
+def test_fsdp2_checkpoint_from_two_processes_resumes_in_one_and_consolidates(tmp_path):
+    from fluid_lightning.checkpointing import safe_load
+    from fluid_lightning.cli import main
+    from fluid_lightning.pipeline import FluidPipeline
+
+    # Two processes, bf16 autocast, activation checkpointing, gradient accumulation, sharded EMA.
+    fit("fsdp2.yaml", tmp_path / "two", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=2",
+        "--trainer.accumulate_grad_batches=2", "--model.init_args.activation_checkpointing=true")
+    sharded = next((tmp_path / "two").rglob("last.ckpt"))
+    assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2
+    proc = fit("fsdp2.yaml", tmp_path / "one", "--trainer.devices=1", "--trainer.accelerator=cpu",
+               "--trainer.max_steps=4", "--trainer.precision=32-true", "--ckpt_path", str(sharded))
+    assert "Restored all states" in proc.stdout + proc.stderr
+    resumed = next((tmp_path / "one").rglob("last.ckpt"))
+    assert safe_load(resumed / "meta.pt")["global_step"] == 4  # the step continued from 2
+
+    main(["checkpoint", "consolidate", str(resumed), str(tmp_path / "model.safetensors")])
+    single = tmp_path / "model.safetensors"
+    pipe = FluidPipeline.from_checkpoint(single)
+    images = pipe.generate(["a photo of a red circle"], num_steps=4, cfg=2.0, seed=0)
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+    with pytest.raises(IsADirectoryError, match="checkpoint consolidate"):
+        FluidPipeline.from_checkpoint(resumed)
+
+
+if __name__ == "__main__":
+    _equivalence_worker(sys.argv[1])

@@ -1,0 +1,260 @@
+"""Reliability: a SIGKILLed run resumes from its last checkpoint and ends with the weights of an
+uninterrupted run (deterministic mode); SIGTERM saves a checkpoint; NaN losses skip steps and too
+many in a row stop the run; checkpoint writes are atomic; a checkpoint carrying code is refused."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tiny import TINY_T5, tiny_generator
+
+from fluid_lightning.callbacks import NonFiniteLossGuard
+from fluid_lightning.callbacks.reliability import NonFiniteLossError
+from fluid_lightning.checkpointing import (
+    AtomicCheckpointIO,
+    UnsafeCheckpointError,
+    capture_rng_state,
+    consolidate,
+    restore_rng_state,
+    safe_load,
+)
+from fluid_lightning.data.shapes import ShapesDataModule
+from fluid_lightning.lit.generator_module import GeneratorModule
+from fluid_lightning.models import FrozenT5, PixelPatchTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+
+class Slow(L.Callback):
+    """Makes a tiny run slow enough to be killed mid-training."""
+
+    def on_train_batch_end(self, *args) -> None:
+        time.sleep(0.3)
+
+
+def fit_command(root: Path, max_steps: int, *extra: str) -> list[str]:
+    trainer = root / "trainer.yaml"
+    trainer.write_text(f"""trainer:
+  deterministic: true
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{dirpath: {root / 'ckpt'}, every_n_train_steps: 2, save_last: true, save_top_k: -1}}
+    - class_path: fluid_lightning.callbacks.PreemptionCheckpoint
+    - class_path: test_reliability.Slow
+""")
+    # One batch per epoch: the data order then depends only on the (checkpointed) RNG state.
+    return [sys.executable, "-m", "fluid_lightning", "fit", "--config", str(CONF / "trainer/cpu.yaml"),
+            "--config", str(CONF / "data/shapes.yaml"), "--config", str(CONF / "model/tiny_fluid.yaml"),
+            "--config", str(trainer), "--trainer.default_root_dir", str(root), f"--trainer.max_steps={max_steps}",
+            "--trainer.limit_val_batches=0", "--data.init_args.batch_size=4", "--data.init_args.num_train=4",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(path_glob: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not list(path_glob.parent.glob(path_glob.name)):
+        assert proc.poll() is None, f"run ended before {path_glob.name} appeared"
+        assert time.time() < deadline, f"no {path_glob} after {timeout} s"
+        time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen, log: Path, ok: bool = True) -> str:
+    proc.wait(timeout=240)
+    text = log.read_text()
+    if ok:
+        assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def generator_weights(path: Path) -> dict[str, torch.Tensor]:
+    state = safe_load(path)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith(("generator.", "ema."))}
+
+
+@pytest.mark.slow  # three short CLI runs: ~60-90 s on 2 shared cores
+def test_sigkilled_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    steps = 10
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir()
+    killed.mkdir()
+    reference = start(fit_command(whole, steps), whole / "log.txt")
+    victim = start(fit_command(killed, steps), killed / "log.txt")
+    wait_for(killed / "ckpt" / "*step=4*.ckpt", victim)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    stopped_at = safe_load(killed / "ckpt" / "last.ckpt")["global_step"]
+    assert 2 <= stopped_at < steps  # the kill may land between the step=4 file and last.ckpt
+
+    resumed = start(fit_command(killed, steps, "--ckpt_path", "last"), killed / "resume.txt")
+    assert "Restored all states" in finish(resumed, killed / "resume.txt")
+    finish(reference, whole / "log.txt")
+    for ckpt in (killed / "ckpt").glob("*.ckpt"):  # every file on disk is a complete checkpoint
+        safe_load(ckpt)
+    final = safe_load(killed / "ckpt" / "last.ckpt")
+    assert final["global_step"] == steps  # continued from stopped_at, not from 0
+    expected = generator_weights(whole / "ckpt" / "last.ckpt")
+    got = generator_weights(killed / "ckpt" / "last.ckpt")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_sigterm_saves_a_checkpoint_to_resume_from(tmp_path):
+    proc = start(fit_command(tmp_path, 50), tmp_path / "log.txt")
+    wait_for(tmp_path / "ckpt" / "*step=2*.ckpt", proc)
+    proc.send_signal(signal.SIGTERM)
+    text = finish(proc, tmp_path / "log.txt", ok=False)
+    assert "SIGTERM received: saved" in text, text[-3000:]
+    assert safe_load(tmp_path / "ckpt" / "last.ckpt")["global_step"] >= 2
+
+
+# ---- non-finite losses, in process -------------------------------------------------------------------
+def tiny_module(**kwargs) -> GeneratorModule:
+    torch.manual_seed(0)
+    return GeneratorModule(tiny_generator(grid_size=4, token_dim=192), PixelPatchTokenizer(image_size=32, patch_size=8),
+                           FrozenT5(config=TINY_T5, max_length=16), lr=1e-3, **kwargs)
+
+
+def poison(module: GeneratorModule, bad_steps) -> None:
+    """Make the loss NaN at the given optimizer steps."""
+    clean = module._loss
+
+    def loss(batch):
+        value, b = clean(batch)
+        return (value * float("nan") if module.trainer.global_step in bad_steps else value), b
+
+    module._loss = loss
+
+
+def tiny_fit(module: GeneratorModule, tmp_path: Path, max_steps: int, callbacks: list) -> L.Trainer:
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path, callbacks=callbacks)
+    trainer.fit(module, ShapesDataModule(image_size=32, num_train=64, batch_size=4))
+    return trainer
+
+
+class WeightWatch(L.Callback):
+    def __init__(self):
+        self.changed: list[bool] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.before = module.generator.embed.weight.detach().clone()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.changed.append(not torch.equal(self.before, module.generator.embed.weight))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
+def test_a_nan_loss_skips_one_step_and_training_goes_on(tmp_path, optimizer):
+    module = tiny_module(optimizer=optimizer)
+    poison(module, bad_steps={2})
+    watch = WeightWatch()
+    trainer = tiny_fit(module, tmp_path, 5, [NonFiniteLossGuard(max_in_a_row=3), watch])
+    assert module.nonfinite_total == 1 and module.nonfinite_in_a_row == 0
+    assert watch.changed == [True, True, False, True, True] and trainer.global_step == 5
+    assert all(torch.isfinite(p).all() for p in module.generator.parameters())
+
+
+def test_nan_losses_in_a_row_stop_with_a_message_and_a_checkpoint(tmp_path):
+    module = tiny_module()
+    poison(module, bad_steps=range(1, 100))
+    with pytest.raises(NonFiniteLossError, match="NaN/inf for 2 steps in a row"):
+        tiny_fit(module, tmp_path, 10, [NonFiniteLossGuard(max_in_a_row=2)])
+    saved = safe_load(tmp_path / "checkpoints" / "nonfinite-stop.ckpt")
+    assert saved["nonfinite_total"] == 2
+    assert all(torch.isfinite(v).all() for k, v in saved["state_dict"].items() if v.is_floating_point())
+
+
+class SendSignal(L.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_sigusr1_outside_slurm_saves_and_stops_after_the_step(tmp_path):
+    from fluid_lightning.callbacks import PreemptionCheckpoint
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    trainer = tiny_fit(tiny_module(), tmp_path, 10, [SendSignal(), PreemptionCheckpoint(signals=["SIGUSR1"])])
+    assert trainer.global_step == 2
+    assert safe_load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert signal.getsignal(signal.SIGUSR1) == previous  # handler removed after fit
+
+
+# ---- checkpoint files --------------------------------------------------------------------------------
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails halfway through the write
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3), "bad": lambda: None}, path)
+    assert io.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_rng_state_round_trips():
+    import random
+
+    import numpy as np
+
+    state = capture_rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(safe_load_roundtrip(state))
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    torch.testing.assert_close(first[0], second[0])
+    assert (first[1] == second[1]).all() and first[2] == second[2]
+
+
+def safe_load_roundtrip(obj, tmp=Path("/tmp")):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+class Payload:
+    """Unpickling this runs open(marker, "w"): what a malicious checkpoint would do with os.system."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_carrying_code_is_refused(tmp_path):
+    from fluid_lightning.cli import main
+    from fluid_lightning.pipeline import FluidPipeline
+
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "global_step": 0, "payload": Payload(marker)}, evil)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load .*evil.ckpt.*Unsupported global.*open"):
+        AtomicCheckpointIO().load_checkpoint(evil)
+    with pytest.raises(UnsafeCheckpointError, match="not a plain weights checkpoint"):
+        consolidate(evil, tmp_path / "out.safetensors")
+    with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
+        FluidPipeline.from_checkpoint(evil)
+    with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):  # LightningCLI reads hparams first
+        main(["fit", "--config", str(CONF / "trainer/cpu.yaml"), "--config", str(CONF / "data/shapes.yaml"),
+              "--config", str(CONF / "model/tiny_fluid.yaml"), "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+              "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(evil)])
+    assert not marker.exists()
