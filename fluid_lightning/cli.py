@@ -47,48 +47,24 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
 
 
 def sample_main(argv: list[str]) -> None:
+    from .pipeline import add_sampling_args
+
     parser = argparse.ArgumentParser(prog="fluid_lightning sample", description="Generate images from a checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit` (.ckpt)")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit` (.ckpt) or a consolidated .safetensors")
     parser.add_argument("--prompt", action="append", required=True, help="a caption; repeat for several")
     parser.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
     parser.add_argument("--per-prompt", type=int, default=1, help="images per prompt")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=64, help="sampling steps (random order; raster takes N)")
-    parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None, help="discrete tokens only")
-    parser.add_argument("--no-kv-cache", action="store_true", help="raster order: recompute the prefix each step")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    add_sampling_args(parser)
     ns = parser.parse_args(argv)
 
-    from .pipeline import FluidPipeline, make_grid, to_pil
+    from .pipeline import FluidPipeline, default_device, make_grid, sampling_kwargs, to_pil
 
-    pipe = FluidPipeline.from_checkpoint(ns.ckpt, device=ns.device)
+    pipe = FluidPipeline.from_checkpoint(ns.ckpt, device=default_device(ns.device))
     prompts = [p for p in ns.prompt for _ in range(ns.per_prompt)]
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    import torch
-    from tqdm.auto import tqdm
-
-    generator = torch.Generator(pipe.device).manual_seed(ns.seed)
-    images = []
-    for start in tqdm(range(0, len(prompts), ns.batch_size), desc="batches", disable=len(prompts) <= ns.batch_size):
-        batch = prompts[start : start + ns.batch_size]
-        images += to_pil(
-            pipe.generate(
-                batch,
-                num_steps=ns.steps,
-                cfg=ns.cfg,
-                cfg_schedule=ns.cfg_schedule,
-                temperature=ns.temperature,
-                top_k=ns.top_k,
-                use_kv_cache=not ns.no_kv_cache,
-                generator=generator,
-                progress=True,
-            )
-        )
+    batches = pipe.generate_batches(prompts, progress=True, **sampling_kwargs(ns))
+    images = [image for batch in batches for image in to_pil(batch)]
     for i, image in enumerate(images):
         image.save(out / f"{i:04d}.png")
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
@@ -148,12 +124,6 @@ def _human(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}" if unit != "K" else f"{n / size:.0f}{unit}"
     return str(n)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import torch
 from PIL import Image
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .models.generator import FluidGenerator
 from .models.text import FrozenT5
@@ -94,6 +96,18 @@ class FluidPipeline:
     def __call__(self, prompts: list[str] | str, **kwargs) -> list[Image.Image]:
         return to_pil(self.generate(prompts, **kwargs))
 
+    def generate_batches(
+        self, prompts: list[str], batch_size: int = 16, seed: int = 0, progress: bool = False, **sample_kwargs
+    ) -> Iterator[Tensor]:
+        """``generate`` over many prompts, ``batch_size`` at a time, with one seeded generator
+        running through all batches (a rerun repeats the images); yields [b, 3, H, W] in [0, 1]."""
+        generator = torch.Generator(self.device).manual_seed(seed)
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) < 2):
+            yield self.generate(
+                prompts[start : start + batch_size], generator=generator, progress=progress, **sample_kwargs
+            )
+
 
 def to_pil(images: Tensor) -> list[Image.Image]:
     """[B, 3, H, W] in [0, 1] → PIL images."""
@@ -112,3 +126,28 @@ def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Im
     for i, image in enumerate(images):
         grid.paste(image, ((i % columns) * w, (i // columns) * h))
     return grid
+
+
+def add_sampling_args(parser, steps: int = 64) -> None:
+    """The sampling options shared by the `sample` and `evaluate` commands."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=steps, help="sampling steps (random order; raster takes N)")
+    parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None, help="discrete tokens only")
+    parser.add_argument("--no-kv-cache", action="store_true", help="raster order: recompute the prefix each step")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+
+
+def sampling_kwargs(ns) -> dict:
+    """`generate_batches` keyword arguments from the options of `add_sampling_args`."""
+    return {
+        "num_steps": ns.steps, "cfg": ns.cfg, "cfg_schedule": ns.cfg_schedule, "temperature": ns.temperature,
+        "top_k": ns.top_k, "use_kv_cache": not ns.no_kv_cache, "batch_size": ns.batch_size, "seed": ns.seed,
+    }
+
+
+def default_device(device: str | None = None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -20,10 +20,22 @@ def checkpoint(tmp_path_factory):
     return next(root.rglob("last.ckpt"))
 
 
+class InceptionLike(torch.nn.Module):
+    """The standard FID Inception's TorchScript interface: [0, 255] pixels, return_features."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = TinyConvFeatures()
+
+    def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        features = self.net(images / 255)
+        return features if return_features else features[:, :8]
+
+
 def test_fid_command_with_a_torchscript_feature_net_and_both_kinds_of_real_data(checkpoint, tmp_path, capsys):
     feature_file = tmp_path / "features.pt"
-    torch.jit.script(TinyConvFeatures()).save(str(feature_file))
-    features = TorchScriptFeatures(str(feature_file), input_scale=1.0)
+    torch.jit.script(InceptionLike()).save(str(feature_file))
+    features = TorchScriptFeatures(str(feature_file), call_kwargs={"return_features": True})
     assert features.num_features == 64
 
     folder = tmp_path / "real"

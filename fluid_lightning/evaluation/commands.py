@@ -25,46 +25,34 @@ from fluid_lightning.evaluation.shapes_eval import (
     read_metadata,
     write_geneval_folder,
 )
+from fluid_lightning.pipeline import add_sampling_args, sampling_kwargs
 
 
-def generate_samples(ckpt: str, metadata: str, out: str, per_prompt: int = 4, batch_size: int = 16,
-                     steps: int = 64, cfg: float = 3.0, cfg_schedule: str = "linear", temperature: float = 1.0,
-                     top_k: int | None = None, seed: int = 0, device: str = "cpu", progress: bool = True) -> int:
+def generate_samples(ckpt: str, metadata: str, out: str, per_prompt: int = 4, device: str | None = None,
+                     progress: bool = True, **sample_kwargs) -> int:
     """Sample `per_prompt` images for every record of a GenEval metadata file into GenEval's
-    layout under `out`; returns the number of images. One seeded generator runs through
-    all batches, so a rerun with the same arguments writes the same images."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from fluid_lightning.pipeline import FluidPipeline, to_pil
+    layout under `out`; returns the number of images. ``sample_kwargs`` go to
+    `FluidPipeline.generate_batches` (one seeded generator: a rerun writes the same images)."""
+    from fluid_lightning.pipeline import FluidPipeline, default_device, to_pil
 
     records = read_metadata(metadata)
     if not records:
         raise ValueError(f"{metadata} holds no prompt records")
-    pipe = FluidPipeline.from_checkpoint(ckpt, device=device)
-    generator = torch.Generator(pipe.device).manual_seed(seed)
+    pipe = FluidPipeline.from_checkpoint(ckpt, device=default_device(device))
     # (prompt index, sample index) for every image, batched across prompt boundaries
     jobs = [(i, n) for i in range(len(records)) for n in range(per_prompt)]
     for i, record in enumerate(records):
         write_geneval_folder(out, i, record, [])
-    bar = tqdm(total=len(jobs), desc="generate", unit="img", disable=not progress)
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
-        images = to_pil(pipe.generate([records[i]["prompt"] for i, _ in batch], num_steps=steps, cfg=cfg,
-                                      cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k,
-                                      generator=generator))
-        for (i, n), image in zip(batch, images):
-            image.save(Path(out) / f"{i:05d}" / "samples" / f"{n:05d}.png")
-        bar.update(len(batch))
-    bar.close()
+    batches = pipe.generate_batches([records[i]["prompt"] for i, _ in jobs], progress=progress, **sample_kwargs)
+    images = (image for batch in batches for image in to_pil(batch))
+    for (i, n), image in zip(jobs, images):
+        image.save(Path(out) / f"{i:05d}" / "samples" / f"{n:05d}.png")
     return len(jobs)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    count = generate_samples(args.ckpt, args.metadata, args.out, per_prompt=args.per_prompt,
-                             batch_size=args.batch_size, steps=args.steps, cfg=args.cfg,
-                             cfg_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
-                             seed=args.seed, device=args.device, progress=not args.no_progress)
+    count = generate_samples(args.ckpt, args.metadata, args.out, per_prompt=args.per_prompt, device=args.device,
+                             progress=not args.no_progress, **sampling_kwargs(args))
     print(f"wrote {count} images in GenEval's layout to {args.out}")
     return count
 
@@ -113,8 +101,8 @@ def iter_real_images(real: str, image_size: int, batch_size: int):
 
 
 def fid_from_checkpoint(ckpt: str, captions: str, real: str, feature: str | None = None, num_images: int | None = None,
-                        image_size: int | None = None, batch_size: int = 32, steps: int = 64, cfg: float = 3.0,
-                        temperature: float = 1.0, seed: int = 0, device: str = "cpu", progress: bool = True) -> float:
+                        image_size: int | None = None, device: str | None = None, progress: bool = True,
+                        **sample_kwargs) -> float:
     """FID of images generated for ``captions`` against the ``real`` images (the MS-COCO 30K
     protocol: 30K captions, 256² images). ``feature``: a TorchScript feature net (the standard FID
     Inception); without it a random conv net is used and the value is not comparable to papers."""
@@ -124,7 +112,7 @@ def fid_from_checkpoint(ckpt: str, captions: str, real: str, feature: str | None
     from tqdm.auto import tqdm
 
     from fluid_lightning.evaluation.fid import TorchScriptFeatures, make_fid
-    from fluid_lightning.pipeline import FluidPipeline
+    from fluid_lightning.pipeline import FluidPipeline, default_device
 
     prompts = read_captions(captions)[:num_images]
     if not prompts:
@@ -132,8 +120,10 @@ def fid_from_checkpoint(ckpt: str, captions: str, real: str, feature: str | None
     if feature is None:
         warnings.warn("no --feature given: FID uses a random conv net; compare only runs scored the same way",
                       stacklevel=2)
-    metric = make_fid(TorchScriptFeatures(feature) if feature else None).to(device)
+    device = default_device(device)
+    metric = make_fid(TorchScriptFeatures(feature, call_kwargs={"return_features": True}) if feature else None).to(device)
     pipe = FluidPipeline.from_checkpoint(ckpt, device=device)
+    batch_size = sample_kwargs.get("batch_size", 16)
     size = image_size or pipe.tokenizer.image_size
     seen = 0
     for images in tqdm(iter_real_images(real, size, batch_size), desc="real", disable=not progress):
@@ -142,10 +132,7 @@ def fid_from_checkpoint(ckpt: str, captions: str, real: str, feature: str | None
         seen += len(images)
         if seen >= len(prompts):
             break
-    generator = torch.Generator(pipe.device).manual_seed(seed)
-    for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
-        fake = pipe.generate(prompts[start:start + batch_size], num_steps=steps, cfg=cfg, temperature=temperature,
-                             generator=generator)
+    for fake in pipe.generate_batches(prompts, progress=progress, **sample_kwargs):
         if fake.shape[-1] != size:
             fake = torch.nn.functional.interpolate(fake, size=(size, size), mode="bicubic").clamp(0, 1)
         metric.update(fake.to(device), real=False)
@@ -154,17 +141,10 @@ def fid_from_checkpoint(ckpt: str, captions: str, real: str, feature: str | None
 
 def _run_fid(args: argparse.Namespace) -> float:
     value = fid_from_checkpoint(args.ckpt, args.captions, args.real, feature=args.feature, num_images=args.num,
-                                image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
-                                cfg=args.cfg, temperature=args.temperature, seed=args.seed,
-                                device=args.device or _default_device(), progress=not args.no_progress)
+                                image_size=args.image_size, device=args.device, progress=not args.no_progress,
+                                **sampling_kwargs(args))
     print(json.dumps({"fid": value, "num_images": args.num}))
     return value
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_evaluate_commands(subparsers) -> None:
@@ -175,16 +155,9 @@ def add_evaluate_commands(subparsers) -> None:
                      help="GenEval prompt records, one JSON per line (evaluation_metadata.jsonl)")
     gen.add_argument("--out", required=True, help="output folder: <out>/00000/{metadata.jsonl,samples/00000.png}")
     gen.add_argument("--per-prompt", type=int, default=4, help="images per prompt (GenEval uses 4)")
-    gen.add_argument("--batch-size", type=int, default=16)
-    gen.add_argument("--steps", type=int, default=64, help="sampling steps (random order; raster takes N)")
-    gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    gen.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=None, help="discrete tokens only")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_sampling_args(gen)
     gen.add_argument("--no-progress", action="store_true")
-    gen.set_defaults(func=lambda ns: _run_generate(_with_device(ns)))
+    gen.set_defaults(func=_run_generate)
 
     shapes = subparsers.add_parser("shapes", help="score a GenEval-layout folder of shapes-world images")
     shapes.add_argument("--images", required=True, help="folder in GenEval's layout (from `evaluate generate`)")
@@ -202,17 +175,6 @@ def add_evaluate_commands(subparsers) -> None:
                           "conv net, not comparable to papers")
     fid.add_argument("--num", type=int, default=None, help="use the first N captions (MS-COCO protocol: 30000)")
     fid.add_argument("--image-size", type=int, default=None, help="compare at this size (default: the model's)")
-    fid.add_argument("--batch-size", type=int, default=32)
-    fid.add_argument("--steps", type=int, default=64)
-    fid.add_argument("--cfg", type=float, default=3.0)
-    fid.add_argument("--temperature", type=float, default=1.0)
-    fid.add_argument("--seed", type=int, default=0)
-    fid.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_sampling_args(fid)
     fid.add_argument("--no-progress", action="store_true")
     fid.set_defaults(func=_run_fid)
-
-
-def _with_device(ns: argparse.Namespace) -> argparse.Namespace:
-    if ns.device is None:
-        ns.device = _default_device()
-    return ns
