@@ -7,6 +7,7 @@
     python -m fluid_lightning evaluate generate --ckpt last.ckpt --metadata evaluation_metadata.jsonl --out gen/
     python -m fluid_lightning evaluate shapes --images gen/
     python -m fluid_lightning checkpoint consolidate runs/.../last.ckpt model.safetensors
+    python -m fluid_lightning tokenizer stats|cache|export ...   (see tokenizer_commands.py)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .config import register_resolvers
 
-_CUSTOM_COMMANDS = ("sample", "params", "data", "evaluate", "checkpoint")
+_CUSTOM_COMMANDS = ("sample", "params", "data", "evaluate", "checkpoint", "tokenizer")
 
 
 
@@ -119,6 +120,15 @@ def checkpoint_main(argv: list[str]) -> None:
     consolidate_main(argv)
 
 
+def tokenizer_main(argv: list[str]) -> None:
+    from .tokenizer_commands import add_tokenizer_commands
+
+    parser = argparse.ArgumentParser(prog="fluid_lightning tokenizer", description="Tokenizer statistics, latent caching, export.")
+    add_tokenizer_commands(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(argv)
+    ns.func(ns)
+
+
 def _human(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
@@ -131,7 +141,7 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if argv and argv[0] in _CUSTOM_COMMANDS:
         commands = {"sample": sample_main, "params": params_main, "data": data_main, "evaluate": evaluate_main,
-                    "checkpoint": checkpoint_main}
+                    "checkpoint": checkpoint_main, "tokenizer": tokenizer_main}
         commands[argv[0]](argv[1:])
         return
     lightning_cli(None if args is None else argv)

@@ -1,5 +1,7 @@
 """Pure torch modules (no Lightning import here)."""
 
+from .autoencoders import KLTokenizer, VQTokenizer
+from .discriminator import PatchDiscriminator
 from .generator import FluidGenerator
 from .heads import DiffusionHead, LogitsHead
 from .text import FrozenT5, TextAligner
@@ -10,8 +12,11 @@ __all__ = [
     "FluidGenerator",
     "FrozenT5",
     "ImageTokenizer",
+    "KLTokenizer",
     "LogitsHead",
     "PaletteTokenizer",
+    "PatchDiscriminator",
     "PixelPatchTokenizer",
     "TextAligner",
+    "VQTokenizer",
 ]

@@ -1,0 +1,161 @@
+"""TokenizerModule: trains or fine-tunes a KL-VAE or VQ tokenizer (taming / LDM recipe).
+
+Loss of the autoencoder: L1 or L2 reconstruction + optional perceptual term + KL (VAE) or
+codebook+commitment (VQ) + from ``disc_start`` on, a PatchGAN generator loss whose weight is
+taming's adaptive ratio ‖∇rec‖/‖∇gan‖ at the decoder's last layer (times ``disc_weight``). The
+discriminator trains with the hinge loss from ``disc_start`` on. Manual optimisation, two AdamW.
+Under DDP use ``strategy: ddp_find_unused_parameters_true``: the discriminator gets no gradient
+before ``disc_start``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor, nn
+
+from ..models.autoencoders import AutoencoderTokenizer
+from ..models.discriminator import adaptive_gan_weight, hinge_d_loss
+
+_SUBMODULES = ["tokenizer", "perceptual", "discriminator"]
+
+
+class TokenizerModule(L.LightningModule):
+    def __init__(
+        self,
+        tokenizer: AutoencoderTokenizer,
+        discriminator: nn.Module | None = None,
+        perceptual: nn.Module | None = None,
+        lr: float = 1e-4,
+        disc_lr: float | None = None,
+        betas: tuple[float, float] = (0.5, 0.9),
+        weight_decay: float = 0.0,
+        rec_loss: Literal["l1", "l2"] = "l1",
+        reg_weight: float | None = None,
+        perceptual_weight: float = 1.0,
+        disc_weight: float = 0.5,
+        disc_start: int = 0,
+        adaptive_weight: bool = True,
+        ema_decay: float | None = None,
+        grad_clip: float | None = None,
+    ):
+        """``perceptual`` is any module called as ``perceptual(recon, target)`` → a loss (e.g. an
+        LPIPS you provide; nothing is downloaded here). ``reg_weight`` defaults to 1e-6 for KL (LDM)
+        and 1.0 for VQ (taming). ``disc_start`` counts autoencoder steps (= ``trainer.global_step``).
+        ``ema_decay`` keeps an EMA copy of the tokenizer that validation, `log_images` and export use.
+        ``grad_clip`` clips both optimisers' gradient norms (Lightning refuses ``trainer.gradient_clip_val``
+        under manual optimisation)."""
+        super().__init__()
+        from_config = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if from_config else _SUBMODULES)
+        if rec_loss not in ("l1", "l2"):
+            raise ValueError(f"rec_loss must be 'l1' or 'l2', got {rec_loss!r}")
+        self.automatic_optimization = False
+        self.tokenizer = tokenizer
+        tokenizer.weights_in_checkpoint = True  # they are being trained: keep them
+        self.discriminator = discriminator
+        self.perceptual = perceptual.requires_grad_(False).eval() if perceptual is not None else None
+        self.reg_weight = reg_weight if reg_weight is not None else (1.0 if tokenizer.discrete else 1e-6)
+        self.ema = copy.deepcopy(tokenizer).requires_grad_(False).eval() if ema_decay else None
+
+    @property
+    def sampling_tokenizer(self) -> AutoencoderTokenizer:
+        return self.ema if self.ema is not None else self.tokenizer
+
+    def train(self, mode: bool = True) -> TokenizerModule:
+        super().train(mode)
+        for frozen in (self.perceptual, self.ema):
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    # ---- losses --------------------------------------------------------------------------------
+    def reconstruction_loss(self, recon: Tensor, images: Tensor) -> Tensor:
+        loss = (recon - images).abs().mean() if self.hparams.rec_loss == "l1" else F.mse_loss(recon, images)
+        if self.perceptual is not None:
+            loss = loss + self.hparams.perceptual_weight * self.perceptual(recon, images).mean()
+        return loss
+
+    def gan_active(self, step: int) -> bool:
+        return self.discriminator is not None and step >= self.hparams.disc_start
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = batch["image"]
+        step = self.trainer.global_step
+        optimizers = self.optimizers()
+        opt_ae, opt_disc = optimizers if isinstance(optimizers, list) else (optimizers, None)
+
+        recon, reg = self.tokenizer.autoencode(images)
+        rec = self.reconstruction_loss(recon, images)
+        loss = rec + self.reg_weight * reg
+        logs = {"train/rec_loss": rec, "train/reg_loss": reg}
+        if self.gan_active(step):
+            gan = -self.discriminator(recon).mean()
+            weight = torch.tensor(self.hparams.disc_weight, device=images.device)
+            if self.hparams.adaptive_weight:
+                weight = weight * adaptive_gan_weight(rec, gan, self.tokenizer.last_layer)
+            loss = loss + weight * gan
+            logs.update({"train/gan_loss": gan, "train/gan_weight": weight})
+        opt_ae.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self._clip(opt_ae)
+        opt_ae.step()
+
+        if self.gan_active(step):
+            d_loss = hinge_d_loss(self.discriminator(images.detach()), self.discriminator(recon.detach()))
+            opt_disc.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            self._clip(opt_disc)
+            # The raw torch optimizer: Lightning counts every LightningOptimizer.step() in global_step,
+            # which would then advance twice per batch and halve max_steps / disc_start.
+            opt_disc.optimizer.step()
+            logs["train/disc_loss"] = d_loss
+        logs["train/loss"] = loss
+        self.log_dict(logs, prog_bar=False, batch_size=images.shape[0])
+        self.log("rec", rec, prog_bar=True, logger=False, batch_size=images.shape[0])
+        if self.ema is not None:
+            self.update_ema(step)
+
+    def _clip(self, optimizer) -> None:
+        if self.hparams.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+        ema, live = list(self.ema.parameters()), list(self.tokenizer.parameters())
+        torch._foreach_lerp_(ema, [p.detach() for p in live], 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.tokenizer.buffers()):
+            e.copy_(b)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = batch["image"]
+        recon = self.sampling_tokenizer.reconstruct(images)
+        mse = ((recon - images) ** 2).flatten(1).mean(1)
+        psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # peak-to-peak 2 in [-1, 1]
+        b = images.shape[0]
+        self.log("val/rec_loss", self.reconstruction_loss(recon, images), batch_size=b, sync_dist=True)
+        self.log("val/psnr", psnr.mean(), prog_bar=True, batch_size=b, sync_dist=True)
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        betas = tuple(hp.betas)
+        opt_ae = torch.optim.AdamW(self.tokenizer.parameters(), lr=hp.lr, betas=betas, weight_decay=hp.weight_decay)
+        if self.discriminator is None:
+            return opt_ae
+        opt_disc = torch.optim.AdamW(self.discriminator.parameters(), lr=hp.disc_lr or hp.lr, betas=betas,
+                                     weight_decay=hp.weight_decay)
+        return [opt_ae, opt_disc]
+
+    # ---- for callbacks -------------------------------------------------------------------------
+    @torch.no_grad()
+    def log_images(self, images: Tensor) -> Tensor:
+        """Reconstructions [B, 3, H, W] in [0, 1] of images in [-1, 1] (EMA weights when kept)."""
+        recon = self.sampling_tokenizer.reconstruct(images.to(self.device))
+        return ((recon.clamp(-1, 1) + 1) / 2).float()
