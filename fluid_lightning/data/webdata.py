@@ -140,7 +140,43 @@ def _caption(sample: dict, caption_key: str) -> str | None:
     return text or None
 
 
-class ImageDecoder:
+class _SampleDecoder:
+    """Raw samples -> {output_key: decoded, "caption", "key"}; a sample without its payload
+    (``missing_image``), without a caption (``missing_caption``) or whose payload fails to decode
+    (``bad_counter``) is skipped and counted."""
+
+    output_key: str
+    bad_counter: str
+
+    def __init__(self, caption_key: str, counters: SampleCounters):
+        self.caption_key, self.counters = caption_key, counters
+
+    def payload_key(self, sample: dict) -> str | None:
+        raise NotImplementedError
+
+    def load(self, data: bytes, rng: random.Random) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        for sample in samples:
+            ext = self.payload_key(sample)
+            if ext is None:
+                self.counters.add("missing_image")
+                continue
+            caption = _caption(sample, self.caption_key)
+            if caption is None:
+                self.counters.add("missing_caption")
+                continue
+            try:
+                value = self.load(sample[ext], rng)
+            except Exception:  # decoders raise many types on bad bytes; any of them means skip
+                self.counters.add(self.bad_counter)
+                continue
+            self.counters.add("samples")
+            yield {self.output_key: value, "caption": caption, "key": sample["__key__"]}
+
+
+class ImageDecoder(_SampleDecoder):
     """Raw sample -> {"image": [3, S, S] in [-1, 1], "caption", "key"}, or skip.
 
     Resizes the shorter side to `image_size` (bicubic) and crops S×S at the centre or,
@@ -148,9 +184,14 @@ class ImageDecoder:
     "left of"/"right of" captions.
     """
 
+    output_key, bad_counter = "image", "bad_image"
+
     def __init__(self, image_size: int, random_crop: bool, caption_key: str, counters: SampleCounters):
+        super().__init__(caption_key, counters)
         self.image_size, self.random_crop = image_size, random_crop
-        self.caption_key, self.counters = caption_key, counters
+
+    def payload_key(self, sample: dict) -> str | None:
+        return next((e for e in IMAGE_EXTENSIONS if e in sample), None)
 
     def load(self, data: bytes, rng: random.Random) -> torch.Tensor:
         size = self.image_size
@@ -170,51 +211,21 @@ class ImageDecoder:
             left, top = (width - size) // 2, (height - size) // 2
         return image_to_tensor(image.crop((left, top, left + size, top + size)))
 
-    def __call__(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
-        for sample in samples:
-            ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-            if ext is None:
-                self.counters.add("missing_image")
-                continue
-            caption = _caption(sample, self.caption_key)
-            if caption is None:
-                self.counters.add("missing_caption")
-                continue
-            try:
-                image = self.load(sample[ext], rng)
-            except Exception:  # PIL raises many types on bad bytes; any of them means skip
-                self.counters.add("bad_image")
-                continue
-            self.counters.add("samples")
-            yield {"image": image, "caption": caption, "key": sample["__key__"]}
 
-
-class LatentDecoder:
+class LatentDecoder(_SampleDecoder):
     """Raw sample -> {"latent": [N, D] float32 or [N] int64, "caption", "key"}, or skip."""
 
-    def __init__(self, caption_key: str, counters: SampleCounters):
-        self.caption_key, self.counters = caption_key, counters
+    output_key, bad_counter = "latent", "bad_latent"
 
-    def __call__(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
-        for sample in samples:
-            if LATENT_EXTENSION not in sample:
-                self.counters.add("missing_image")
-                continue
-            caption = _caption(sample, self.caption_key)
-            if caption is None:
-                self.counters.add("missing_caption")
-                continue
-            try:
-                array = np.load(io.BytesIO(sample[LATENT_EXTENSION]), allow_pickle=False)
-                if array.dtype.kind not in "fiu":
-                    raise ValueError(f"latent dtype {array.dtype} is neither float nor integer")
-                array = array.astype(np.float32 if array.dtype.kind == "f" else np.int64)
-                latent = torch.from_numpy(np.ascontiguousarray(array))
-            except Exception:  # corrupt .npy: skip, counted
-                self.counters.add("bad_latent")
-                continue
-            self.counters.add("samples")
-            yield {"latent": latent, "caption": caption, "key": sample["__key__"]}
+    def payload_key(self, sample: dict) -> str | None:
+        return LATENT_EXTENSION if LATENT_EXTENSION in sample else None
+
+    def load(self, data: bytes, rng: random.Random) -> torch.Tensor:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"latent dtype {array.dtype} is neither float nor integer")
+        array = array.astype(np.float32 if array.dtype.kind == "f" else np.int64)
+        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def collate_latents(samples: list[dict]) -> dict:
