@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .frozen import keep_out_of_checkpoints
 from .tokenizers import ImageTokenizer, patchify, unpatchify
 
 STATS_FILE = "latent_stats.json"
@@ -87,18 +88,6 @@ def load_latent_stats(path: str | os.PathLike) -> tuple[Any, Any]:
     return data["shift"], data["scale"]
 
 
-def _drop_loaded_weights(module: ImageTokenizer, state_dict: dict, prefix: str, local_metadata: Any) -> None:
-    if not module.weights_in_checkpoint:
-        for key in [k for k in state_dict if k.startswith(prefix + "model.")]:
-            del state_dict[key]
-
-
-def _ignore_missing_loaded_weights(module: ImageTokenizer, incompatible: Any) -> None:
-    # Keys arrive prefixed from wherever load_state_dict was called, so match on the suffix.
-    own = {f"model.{name}" for name in module.model.state_dict(keep_vars=True)}
-    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not any(k == o or k.endswith("." + o) for o in own)]
-
-
 class AutoencoderTokenizer(ImageTokenizer):
     """What the KL and VQ tokenizers share: loading, weight bookkeeping, the decoder's last layer."""
 
@@ -111,8 +100,7 @@ class AutoencoderTokenizer(ImageTokenizer):
             raise ValueError(f"image_size {image_size} is not divisible by the downsampling factor {self.downsample}")
         self.weights_in_checkpoint = not loaded
         if loaded:
-            self._register_state_dict_hook(_drop_loaded_weights)
-            self.register_load_state_dict_post_hook(_ignore_missing_loaded_weights)
+            keep_out_of_checkpoints(self, "model")
 
     @property
     def last_layer(self) -> Tensor:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .frozen import keep_out_of_checkpoints
 from .transformer import Block
 
 
@@ -51,8 +52,7 @@ class FrozenT5(nn.Module):
             self.model.requires_grad_(False)
             self.model.eval()
         if pretrained is not None:
-            self._register_state_dict_hook(_drop_pretrained_weights)
-            self.register_load_state_dict_post_hook(_ignore_missing_pretrained_weights)
+            keep_out_of_checkpoints(self, "model")
 
     @property
     def dim(self) -> int:
@@ -74,19 +74,6 @@ class FrozenT5(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden, mask.bool()
-
-
-def _drop_pretrained_weights(module: FrozenT5, state_dict: dict, prefix: str, local_metadata: Any) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + "model.")]:
-        del state_dict[key]
-
-
-def _ignore_missing_pretrained_weights(module: FrozenT5, incompatible: Any) -> None:
-    # Keys arrive prefixed from wherever load_state_dict was called, so match on the suffix.
-    own = {f"model.{name}" for name, _ in module.model.state_dict(keep_vars=True).items()}
-    incompatible.missing_keys[:] = [
-        k for k in incompatible.missing_keys if not any(k == o or k.endswith("." + o) for o in own)
-    ]
 
 
 class TextAligner(nn.Module):
