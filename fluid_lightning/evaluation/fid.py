@@ -15,6 +15,13 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 
+def unit_range(images: Tensor) -> Tensor:
+    """Float images in [0, 1]; uint8-range input (torchmetrics probes the feature net with it when
+    ``normalize`` is off) is rescaled."""
+    images = images.float()
+    return images / 255.0 if bool(images.max() > 1.5) else images
+
+
 class TinyConvFeatures(nn.Module):
     """A fixed, randomly initialised conv net: [B, 3, H, W] in [0, 1] → [B, num_features].
 
@@ -39,9 +46,7 @@ class TinyConvFeatures(nn.Module):
         return super().train(False)  # a fixed feature extractor: never in training mode
 
     def forward(self, images: Tensor) -> Tensor:
-        images = images.float()
-        if images.max() > 1.5:  # uint8-range input (torchmetrics' probe without normalize)
-            images = images / 255.0
+        images = unit_range(images)
         return self.net(images * 2 - 1).mean(dim=(2, 3))
 
 
@@ -83,7 +88,5 @@ class TorchScriptFeatures(nn.Module):
         return super().train(False)
 
     def forward(self, images: Tensor) -> Tensor:
-        images = images.float()
-        if images.max() > 1.5:  # uint8-range input (torchmetrics' probe without normalize)
-            images = images / 255.0
+        images = unit_range(images)
         return self.net(images * self.input_scale, **self.call_kwargs).flatten(1)
