@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from fluid_lightning.evaluation.clip import clip_score_update, make_clip_score
 
-from .periodic import PeriodicCallback, publish_metrics
+from .periodic import PeriodicCallback, publish_metrics, val_loader
 
 
 class CLIPScoreCallback(PeriodicCallback):
@@ -45,9 +45,7 @@ class CLIPScoreCallback(PeriodicCallback):
     def _captions(self, trainer: L.Trainer) -> list[str]:
         if self.prompts is None:
             self.prompts = []
-            datamodule = getattr(trainer, "datamodule", None)
-            loader = datamodule.val_dataloader() if hasattr(datamodule, "val_dataloader") else []
-            for batch in loader:
+            for batch in val_loader(trainer, type(self).__name__) or []:
                 self.prompts += list(batch["caption"])[: self.num_images - len(self.prompts)]
                 if len(self.prompts) >= self.num_images:
                     break

@@ -16,7 +16,7 @@ from torch import nn
 
 from fluid_lightning.evaluation.fid import TorchScriptFeatures, make_fid
 
-from .periodic import PeriodicCallback, publish_metrics
+from .periodic import PeriodicCallback, publish_metrics, val_loader
 
 
 class FIDCallback(PeriodicCallback):
@@ -53,7 +53,7 @@ class FIDCallback(PeriodicCallback):
             return False
         if self.captions is not None:
             return True
-        loader = _val_loader(trainer)
+        loader = val_loader(trainer, type(self).__name__)
         if loader is None or not hasattr(pl_module, "log_images"):
             rank_zero_warn("FIDCallback is off: it needs a datamodule with val_dataloader() and a module with "
                            "log_images(prompts, ...). Training continues without FID.")
@@ -88,13 +88,3 @@ class FIDCallback(PeriodicCallback):
         publish_metrics(trainer, {f"val/{self.name}": value}, step)
         return value
 
-
-def _val_loader(trainer: L.Trainer):
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is None or not hasattr(datamodule, "val_dataloader"):
-        return None
-    try:
-        return datamodule.val_dataloader()
-    except Exception as err:  # a datamodule without validation data: say so, keep training
-        rank_zero_warn(f"FIDCallback: val_dataloader() failed ({err})")
-        return None

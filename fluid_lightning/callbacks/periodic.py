@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 
 class PeriodicCallback(L.Callback):
@@ -44,3 +45,16 @@ def publish_metrics(trainer: L.Trainer, metrics: dict[str, float], step: int) ->
     if trainer.is_global_zero:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
+
+
+def val_loader(trainer: L.Trainer, who: str):
+    """The datamodule's validation loader (real images and captions for metrics), or None with a
+    warning when there is none: the callback then turns itself off and training goes on."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None or not hasattr(datamodule, "val_dataloader"):
+        return None
+    try:
+        return datamodule.val_dataloader()
+    except Exception as err:  # a datamodule without validation data: say so, keep training
+        rank_zero_warn(f"{who}: val_dataloader() failed ({err})")
+        return None
