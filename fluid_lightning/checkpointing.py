@@ -7,14 +7,22 @@
 - ``consolidate``: a sharded FSDP2 checkpoint (a directory written by ``ModelParallelStrategy``) or a
   ``.ckpt`` file → one ``.safetensors`` file holding the module weights (EMA included) and the
   model config as metadata; ``FluidPipeline.from_checkpoint`` loads it.
+- ``AtomicModelParallelStrategy`` (FSDP2, conf/trainer/fsdp2.yaml): Lightning's
+  ``ModelParallelStrategy`` writing each checkpoint (a directory of shards, or one file) to a hidden
+  staging path first and swapping it in only when every rank has finished, so a kill mid-save leaves
+  the previous checkpoint whole. Its loads are ``weights_only`` too.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import pickle
 import random
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 CONFIG_KEY = "fluid_lightning.config"  # safetensors metadata key holding model.init_args as JSON
@@ -31,20 +41,25 @@ class UnsafeCheckpointError(RuntimeError):
     """The file is not a plain weights checkpoint (it would run code or build arbitrary objects)."""
 
 
+def _refusal(path, err: pickle.UnpicklingError) -> UnsafeCheckpointError:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    # torch's message is long; keep the line naming the refused global ("Unsupported global: ..." or
+    # "Trying to load unsupported GLOBAL posix.system whose module posix is blocked").
+    reason = next((line.split("error: ", 1)[-1] for line in lines if "unsupported global" in line.lower()),
+                  lines[0] if lines else type(err).__name__).split(". Please use")[0]
+    return UnsafeCheckpointError(
+        f"refusing to load {path}: it is not a plain weights checkpoint ({reason}). Checkpoints load with "
+        "weights_only=True so that a file cannot run code; re-save it from trusted code as tensors/plain data."
+    )
+
+
 def safe_load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """``torch.load`` restricted to tensors and plain containers; a pickle carrying code or custom
     objects is refused with an error that names the file and the offending global."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        # torch's message is long; keep the line naming the refused global ("Unsupported global: ...").
-        reason = next((line.split("error: ", 1)[-1] for line in lines if "Unsupported global" in line),
-                      lines[0] if lines else type(err).__name__).split(". Please use")[0]
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: it is not a plain weights checkpoint ({reason}). Checkpoints load with "
-            "weights_only=True so that a file cannot run code; re-save it from trusted code as tensors/plain data."
-        ) from err
+        raise _refusal(path, err) from err
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -74,6 +89,96 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         # Ignore weights_only=False requests: resuming never needs arbitrary objects.
         return safe_load(path, map_location=map_location if map_location is not None else "cpu")
+
+
+# ---- directories (sharded FSDP2 checkpoints) ---------------------------------------------------------
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the OS or
+    file system has no such call (macOS, NFS), and the caller falls back to two renames."""
+    if sys.platform != "linux":
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def publish_atomically(staging: Path, target: Path) -> None:
+    """Put a fully written ``staging`` file or directory at ``target``, replacing what is there.
+
+    Readers of ``target`` see the old checkpoint or the new one, never a mix: a new target is one
+    rename; an existing one is swapped with ``RENAME_EXCHANGE`` and the old copy deleted afterwards.
+    Without that call, the old target is renamed to ``.<name>.old`` first; a kill between the two
+    renames leaves it there, and ``AtomicModelParallelStrategy.load_checkpoint`` falls back to it.
+    """
+    for file in [staging] if staging.is_file() else [p for p in staging.rglob("*") if p.is_file()]:
+        _fsync(file)
+    if not target.exists():
+        os.replace(staging, target)
+    elif _exchange(staging, target):
+        _remove(staging)  # it now holds the previous checkpoint
+    else:
+        old = target.with_name(f".{target.name}.old")
+        _remove(old)
+        os.replace(target, old)
+        os.replace(staging, target)
+        _remove(old)
+    _fsync(target.parent, directory=True)
+
+
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    """Lightning's ``ModelParallelStrategy`` (FSDP2) with atomic checkpoint saves and safe loads.
+
+    Every rank writes its shard into ``.<name>.partial`` beside the target; after a barrier rank 0
+    publishes it with ``publish_atomically``. A save killed part-way leaves only the staging folder
+    (removed by the next save), and ``--ckpt_path last`` still finds the previous checkpoint whole.
+    Needs a file system shared by all nodes, as sharded checkpoints always do.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        path = Path(self.broadcast(str(filepath)))
+        staging = path.with_name(f".{path.name}.partial")
+        if self.is_global_zero:
+            _remove(staging)  # left behind by a save that was killed
+        self.barrier("fluid_lightning.checkpoint_staging")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("fluid_lightning.checkpoint_written")
+        if self.is_global_zero:
+            publish_atomically(staging, path)
+        self.barrier("fluid_lightning.checkpoint_published")
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        path = Path(self.broadcast(str(checkpoint_path)))
+        old = path.with_name(f".{path.name}.old")
+        if not path.exists() and old.exists():
+            rank_zero_warn(f"{path} is missing (a save was killed while swapping it in); loading the previous "
+                           f"checkpoint from {old}")
+            path = old
+        try:  # weights_only whatever the caller asked: the metadata file must not be able to run code
+            return super().load_checkpoint(path, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise _refusal(path / "meta.pt" if path.is_dir() else path, err) from err
 
 
 # ---- RNG state (Lightning does not checkpoint it) --------------------------------------------------
