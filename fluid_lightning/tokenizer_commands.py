@@ -99,7 +99,7 @@ def shards_plan(urls: str | list[str], image_size: int) -> list[tuple[str, Calla
     """Image WebDataset shards (centre crops at `image_size`); output shards keep the input names."""
     import webdataset as wds
 
-    from .data.webdata import ImageDecoder, SampleCounters, expand_shard_urls
+    from .data.samples import ImageDecoder, SampleCounters, expand_shard_urls
 
     decoder = ImageDecoder(image_size, random_crop=False, caption_key="caption", counters=SampleCounters())
 

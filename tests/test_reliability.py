@@ -4,6 +4,7 @@ many in a row stop the run; checkpoint writes are atomic; a checkpoint carrying 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny import TINY_T5, tiny_generator
 
 from fluid_lightning.callbacks import NonFiniteLossGuard
@@ -149,6 +151,30 @@ def tiny_fit(module: GeneratorModule, tmp_path: Path, max_steps: int, callbacks:
                         default_root_dir=tmp_path, callbacks=callbacks)
     trainer.fit(module, ShapesDataModule(image_size=32, num_train=64, batch_size=4))
     return trainer
+
+
+class BatchFingerprints(L.Callback):
+    def __init__(self):
+        self.seen: dict[int, str] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.seen[trainer.global_step] = hashlib.sha1(batch["image"].numpy().tobytes()).hexdigest()
+
+
+def test_a_run_resumed_mid_epoch_continues_with_the_unseen_batches(tmp_path):
+    def fit(root: Path, ckpt_path=None) -> dict[int, str]:
+        record = BatchFingerprints()
+        trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, default_root_dir=root,
+                            plugins=[AtomicCheckpointIO()], callbacks=[record, ModelCheckpoint(
+                                dirpath=root / "ckpt", every_n_train_steps=4, save_top_k=-1)])
+        trainer.fit(tiny_module(), ShapesDataModule(image_size=32, num_train=64, batch_size=4), ckpt_path=ckpt_path)
+        return record.seen
+
+    uninterrupted = fit(tmp_path / "a")  # 16 batches per epoch: step 4 is mid-epoch
+    resumed = fit(tmp_path / "b", ckpt_path=tmp_path / "a" / "ckpt" / "epoch=0-step=4.ckpt")
+    assert sorted(resumed) == list(range(4, 10))
+    assert resumed == {step: uninterrupted[step] for step in resumed}
 
 
 class WeightWatch(L.Callback):

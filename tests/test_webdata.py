@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from lightning import LightningModule, Trainer
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from fluid_lightning.data.commands import add_data_commands
@@ -235,6 +236,46 @@ def test_trainer_fit_with_stats_logger(shapes_dir, tmp_path):
     assert trainer.global_step == 6
     assert trainer.callback_metrics["data/samples"].item() == 6 * 4
     assert trainer.callback_metrics["data/bad_image"].item() == 0
+
+
+class _KeysPerStep(Callback):
+    def __init__(self):
+        self.keys: dict[int, list[str]] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.keys[trainer.global_step] = batch["key"]
+
+
+def _fit_recording_keys(dm: WebDataModule, root, max_steps: int, save_at: int, ckpt_path=None) -> dict:
+    record = _KeysPerStep()
+    trainer = Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=root, callbacks=[record, ModelCheckpoint(
+                          dirpath=root, every_n_train_steps=save_at, save_top_k=-1)])
+    trainer.fit(_TinyModule(), datamodule=dm, ckpt_path=ckpt_path)
+    return record.keys
+
+
+@pytest.mark.parametrize("resampled", [False, True], ids=["one-pass", "resampled"])
+def test_a_run_resumed_mid_epoch_goes_on_where_it_stopped(shapes_dir, tmp_path, resampled):
+    _, stats = shapes_dir
+    def dm():  # persistent workers: the resume must reach the worker copies of the stream
+        return _module(stats["train"]["urls"], num_workers=2, persistent_workers=True, resampled=resampled,
+                       epoch_batches=6 if resampled else None)
+
+    epoch = 6 if resampled else 20  # batches per epoch
+    full = _fit_recording_keys(dm(), tmp_path / "full", 2 * epoch + 3, save_at=4)
+    resumed = _fit_recording_keys(dm(), tmp_path / "resumed", 2 * epoch + 3, save_at=4,
+                                  ckpt_path=tmp_path / "full" / "epoch=0-step=4.ckpt")
+    assert sorted(resumed) == list(range(4, 2 * epoch + 3))
+    later_epochs = {step: keys for step, keys in full.items() if step >= epoch}
+    assert {step: resumed[step] for step in later_epochs} == later_epochs  # the next epochs are the same
+    rest_of_epoch = range(4, epoch)
+    if resampled:  # drawn afresh, not re-read: same number of batches, other samples
+        assert [resumed[s] for s in rest_of_epoch] != [full[s] for s in rest_of_epoch]
+    else:  # one pass: exactly the samples not yet seen, none again
+        assert [resumed[s] for s in rest_of_epoch] == [full[s] for s in rest_of_epoch]
+        seen = {k for step in range(4) for k in full[step]}
+        assert seen.isdisjoint(k for s in rest_of_epoch for k in resumed[s])
 
 
 def test_only_broken_shards_fail_loudly_instead_of_spinning(tmp_path):

@@ -19,6 +19,7 @@ import torch
 from lightning import LightningDataModule
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from fluid_lightning.data.geneval import (
     COLORS,
@@ -359,7 +360,9 @@ class ShapesDataModule(LightningDataModule):
         self.test_set = ShapesDataset(self.num_val, stream="test", **common)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        # torchdata's StatefulDataLoader: Lightning checkpoints its sampler position, so a run resumed
+        # mid-epoch goes on with the batches it had not yet seen instead of restarting the epoch.
+        return StatefulDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate_images, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0,
                           drop_last=shuffle and len(dataset) >= self.batch_size)

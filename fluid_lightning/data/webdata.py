@@ -21,216 +21,28 @@ counted in `SampleCounters`, shared with the workers, so counts are exact;
 
 from __future__ import annotations
 
-import glob
-import io
-import json
 import math
-import multiprocessing
 import os
 import random
 import warnings
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 import webdataset as wds
 from lightning import Callback, LightningDataModule
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fluid_lightning.data.shapes import collate_images, image_to_tensor
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-LATENT_EXTENSION = "latent.npy"
-COUNTERS = ("samples", "missing_image", "missing_caption", "bad_image", "bad_latent", "shard_errors")
-
-
-class SampleCounters:
-    """Counters in shared memory, so DataLoader worker processes add to the same numbers.
-
-    Created in `WebDataModule.setup` (i.e. inside each rank's process): a shared array
-    can only be pickled while a worker process is being started.
-    """
-
-    def __init__(self):
-        self._array = multiprocessing.Array("q", len(COUNTERS))
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._array.get_lock():
-            self._array[COUNTERS.index(name)] += n
-
-    def as_dict(self) -> dict[str, int]:
-        with self._array.get_lock():
-            return dict(zip(COUNTERS, self._array[:]))
-
-
-class _ShardErrorHandler:
-    """webdataset exception handler: report the shard, count it, keep going.
-
-    Gives up (raises) after `max_consecutive` errors with no sample in between, so a
-    resampled stream over only broken shards fails loudly instead of spinning forever.
-    """
-
-    def __init__(self, counters: SampleCounters, max_consecutive: int):
-        self.counters, self.max_consecutive, self.consecutive = counters, max_consecutive, 0
-
-    def __call__(self, exn: Exception) -> bool:
-        self.counters.add("shard_errors")
-        self.consecutive += 1
-        if self.consecutive > self.max_consecutive:
-            raise RuntimeError(f"{self.consecutive} shard errors in a row, no readable data; last: {exn!r}")
-        warnings.warn(f"skipping unreadable shard data: {exn!r}", stacklevel=2)
-        return True
-
-    def passed(self, samples: Iterator[dict]) -> Iterator[dict]:
-        """Pass samples through, noting that reading works."""
-        for sample in samples:
-            self.consecutive = 0
-            yield sample
-
-
-def expand_shard_urls(urls: str | list[str]) -> list[str]:
-    """Expand a shard spec into a list of URLs.
-
-    Accepts a list or a string; strings are split on ``::`` and brace-expanded
-    (``data/{00000..00099}.tar``). Then each entry that is a folder becomes its sorted
-    ``*.tar`` files and each entry with ``*``/``?``/``[`` becomes its sorted glob
-    matches; ``pipe:`` commands and ``scheme://`` URLs are kept as they are.
-    """
-    entries = [urls] if isinstance(urls, str) else list(urls)
-    expanded = [u for entry in entries for u in wds.shardlists.expand_urls(str(entry))]
-    result = []
-    for url in expanded:
-        if url.startswith("pipe:") or "://" in url:
-            result.append(url)
-        elif os.path.isdir(url):
-            result.extend(sorted(glob.glob(os.path.join(url, "*.tar"))))
-        elif any(ch in url for ch in "*?["):
-            result.extend(sorted(glob.glob(url)))
-        else:
-            result.append(url)
-    return result
-
-
-def _shuffled(items: Iterator, rng: random.Random, size: int) -> Iterator:
-    """Reservoir-style shuffle buffer of `size` items."""
-    buffer: list = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        index = rng.randrange(size)
-        yield buffer[index]
-        buffer[index] = item
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-def _caption(sample: dict, caption_key: str) -> str | None:
-    """Caption from ``.txt``, else from the ``.json`` field `caption_key`; None if empty."""
-    text = None
-    if "txt" in sample:
-        text = sample["txt"].decode("utf-8", errors="replace")
-    elif "json" in sample:
-        try:
-            text = json.loads(sample["json"]).get(caption_key)
-        except (ValueError, AttributeError):
-            text = None
-    text = text.strip() if isinstance(text, str) else None
-    return text or None
-
-
-class _SampleDecoder:
-    """Raw samples -> {output_key: decoded, "caption", "key"}; a sample without its payload
-    (``missing_image``), without a caption (``missing_caption``) or whose payload fails to decode
-    (``bad_counter``) is skipped and counted."""
-
-    output_key: str
-    bad_counter: str
-
-    def __init__(self, caption_key: str, counters: SampleCounters):
-        self.caption_key, self.counters = caption_key, counters
-
-    def payload_key(self, sample: dict) -> str | None:
-        raise NotImplementedError
-
-    def load(self, data: bytes, rng: random.Random) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
-        for sample in samples:
-            ext = self.payload_key(sample)
-            if ext is None:
-                self.counters.add("missing_image")
-                continue
-            caption = _caption(sample, self.caption_key)
-            if caption is None:
-                self.counters.add("missing_caption")
-                continue
-            try:
-                value = self.load(sample[ext], rng)
-            except Exception:  # decoders raise many types on bad bytes; any of them means skip
-                self.counters.add(self.bad_counter)
-                continue
-            self.counters.add("samples")
-            yield {self.output_key: value, "caption": caption, "key": sample["__key__"]}
-
-
-class ImageDecoder(_SampleDecoder):
-    """Raw sample -> {"image": [3, S, S] in [-1, 1], "caption", "key"}, or skip.
-
-    Resizes the shorter side to `image_size` (bicubic) and crops S×S at the centre or,
-    with `random_crop`, at a random offset. No horizontal flips: they would falsify
-    "left of"/"right of" captions.
-    """
-
-    output_key, bad_counter = "image", "bad_image"
-
-    def __init__(self, image_size: int, random_crop: bool, caption_key: str, counters: SampleCounters):
-        super().__init__(caption_key, counters)
-        self.image_size, self.random_crop = image_size, random_crop
-
-    def payload_key(self, sample: dict) -> str | None:
-        return next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-
-    def load(self, data: bytes, rng: random.Random) -> torch.Tensor:
-        size = self.image_size
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format == "JPEG":
-                image.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
-            image = image.convert("RGB")  # full decode: truncated files raise here
-        width, height = image.size
-        scale = size / min(width, height)
-        if scale != 1:
-            new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-            image = image.resize(new_size, Image.Resampling.BICUBIC)
-        width, height = image.size
-        if self.random_crop:
-            left, top = rng.randint(0, width - size), rng.randint(0, height - size)
-        else:
-            left, top = (width - size) // 2, (height - size) // 2
-        return image_to_tensor(image.crop((left, top, left + size, top + size)))
-
-
-class LatentDecoder(_SampleDecoder):
-    """Raw sample -> {"latent": [N, D] float32 or [N] int64, "caption", "key"}, or skip."""
-
-    output_key, bad_counter = "latent", "bad_latent"
-
-    def payload_key(self, sample: dict) -> str | None:
-        return LATENT_EXTENSION if LATENT_EXTENSION in sample else None
-
-    def load(self, data: bytes, rng: random.Random) -> torch.Tensor:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-        if array.dtype.kind not in "fiu":
-            raise ValueError(f"latent dtype {array.dtype} is neither float nor integer")
-        array = array.astype(np.float32 if array.dtype.kind == "f" else np.int64)
-        return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def collate_latents(samples: list[dict]) -> dict:
-    return {"latent": torch.from_numpy(np.stack([s["latent"].numpy() for s in samples])),
-            "caption": [s["caption"] for s in samples], "key": [s["key"] for s in samples]}
+from fluid_lightning.data.samples import (
+    COUNTERS,
+    ImageDecoder,
+    LatentDecoder,
+    SampleCounters,
+    ShardErrorHandler,
+    collate_latents,
+    expand_shard_urls,
+    shuffled,
+)
+from fluid_lightning.data.shapes import collate_images
 
 
 class ShardBatchStream(IterableDataset):
@@ -239,6 +51,10 @@ class ShardBatchStream(IterableDataset):
     `batches_per_worker` (resampled mode) fixes the epoch length; `epoch` is bumped by
     `EpochDataLoader` in the main process and mixed into every worker's seed, so
     shard draws, shuffling and crops differ per epoch yet are reproducible.
+    `skip_batches` (set by `EpochDataLoader` on a mid-epoch resume) is the number of batches
+    of this epoch already trained on, over all workers: a one-pass stream reads past them again
+    (same order, so the same samples); a resampled stream draws the rest of the epoch afresh
+    (seeded by the resume point) instead of spending time re-reading.
     """
 
     def __init__(self, urls: list[str], decoder: Callable, collate: Callable, batch_size: int,
@@ -249,7 +65,7 @@ class ShardBatchStream(IterableDataset):
         self.counters, self.resampled, self.shuffle_buffer = counters, resampled, shuffle_buffer
         self.seed, self.rank, self.batches_per_worker = seed, rank, batches_per_worker
         self.partial, self.length = partial, length
-        self.epoch, self._iterations = 0, 0
+        self.epoch, self._iterations, self.skip_batches = 0, 0, 0
 
     def __len__(self) -> int:
         if self.length is None:
@@ -264,35 +80,80 @@ class ShardBatchStream(IterableDataset):
         yield from ({"url": url} for url in mine)
 
     def __iter__(self) -> Iterator[dict]:
+        # Not a generator: the worker, seed and skip are fixed when the DataLoader calls iter(), before
+        # `EpochDataLoader` clears `skip_batches` (with num_workers=0 the body would otherwise run later).
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        self._iterations += 1  # advances across epochs in persistent workers
-        rng = random.Random(f"wds:{self.seed}:{self.rank}:{worker}:{self.epoch}:{self._iterations}")
-        handler = _ShardErrorHandler(self.counters, max_consecutive=max(100, 10 * len(self.urls)))
+        self._iterations += 1  # advances across epochs in persistent workers, whose `epoch` stays put
+        epoch = self.epoch + self._iterations - 1  # the same count with fresh or persistent workers
+        # DataLoader takes batches from workers in turn, so this worker served these of the skipped ones:
+        skip = self.skip_batches // num_workers + (worker < self.skip_batches % num_workers)
+        skip = skip if self._iterations == 1 else 0  # a persistent worker resumes only its first epoch
+        resume = f":resumed-after-{skip}" if self.resampled and skip else ""
+        rng = random.Random(f"wds:{self.seed}:{self.rank}:{worker}:{epoch}{resume}")
+        return self._batches(rng, worker, num_workers, skip)
+
+    def _batches(self, rng: random.Random, worker: int, num_workers: int, skip: int) -> Iterator[dict]:
+        handler = ShardErrorHandler(self.counters, max_consecutive=max(100, 10 * len(self.urls)))
         samples = wds.tariterators.tarfile_samples(self._shards(rng, worker, num_workers), handler=handler)
         samples = handler.passed(samples)
         if self.shuffle_buffer > 1:
-            samples = _shuffled(samples, rng, self.shuffle_buffer)
+            samples = shuffled(samples, rng, self.shuffle_buffer)
         batch: list[dict] = []
-        emitted = 0
+        emitted, limit = (skip, self.batches_per_worker) if self.resampled else (0, None)
+        to_discard = 0 if self.resampled else skip
         for sample in self.decoder(samples, rng):
             batch.append(sample)
             if len(batch) == self.batch_size:
+                if to_discard:
+                    batch, to_discard = [], to_discard - 1
+                    continue
                 yield self.collate(batch)
                 batch, emitted = [], emitted + 1
-                if self.batches_per_worker is not None and emitted >= self.batches_per_worker:
+                if limit is not None and emitted >= limit:
                     return
-        if batch and self.partial:
+        if batch and self.partial and not to_discard:
             yield self.collate(batch)
 
 
 class EpochDataLoader(DataLoader):
     """DataLoader that tells its `ShardBatchStream` which epoch is starting (this runs in
-    the main process, before non-persistent workers copy the dataset)."""
+    the main process, before non-persistent workers copy the dataset), and whose position
+    (epoch, batches served in it) Lightning checkpoints: a run resumed mid-epoch goes on
+    with the batches it had not yet trained on (`ShardBatchStream.skip_batches`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._served, self._resume_at, self._exhausted = 0, 0, False
 
     def __iter__(self):
         self.dataset.epoch += 1
-        return super().__iter__()
+        self.dataset.skip_batches = self._served = self._resume_at
+        self._resume_at = 0
+        iterator = super().__iter__()  # workers (or the in-process stream) take skip_batches here
+        self.dataset.skip_batches = 0
+        return self._counted(iterator)
+
+    def _counted(self, iterator):
+        self._exhausted = False
+        for batch in iterator:
+            self._served += 1
+            yield batch
+        self._exhausted = True
+
+    def state_dict(self) -> dict[str, int]:
+        served = self._served
+        if self.dataset.length is None and served and not self._exhausted:
+            # Without a length, Lightning's fetcher reads one batch ahead to detect the epoch's end
+            # (lightning.pytorch.loops.fetchers._PrefetchDataFetcher): that batch was not trained on.
+            served -= 1
+        return {"epoch": self.dataset.epoch, "batches": served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        finished = self.dataset.length is not None and state["batches"] >= self.dataset.length
+        # __iter__ bumps the epoch: back to the saved one mid-epoch, on to the next after a finished one
+        self.dataset.epoch = state["epoch"] if finished else state["epoch"] - 1
+        self._resume_at = 0 if finished else state["batches"]
 
 
 def _resolve_rank(trainer, rank: int | None, world_size: int | None) -> tuple[int, int]:
