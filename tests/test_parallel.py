@@ -37,9 +37,9 @@ def run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     return proc
 
 
-def fit(trainer_config: str, root: Path, *extra: str) -> subprocess.CompletedProcess:
+def fit(trainer_config: str, root: Path, *extra: str, timeout: int = 240) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "fluid_lightning", "fit", "--config", str(CONF / "trainer" / trainer_config),
-                *TINY_FIT, "--trainer.default_root_dir", str(root), *extra])
+                *TINY_FIT, "--trainer.default_root_dir", str(root), *extra], timeout=timeout)
 
 
 def free_port() -> int:
@@ -195,6 +195,32 @@ def test_ddp_fits_in_two_processes_bf16_true(tmp_path):
     checkpoint = safe_load(next(tmp_path.rglob("last.ckpt")))
     assert checkpoint["global_step"] == 3
     assert all(torch.isfinite(v.float()).all() for k, v in checkpoint["state_dict"].items() if k.startswith("generator."))
+
+
+def _generator_weights_of_sharded_checkpoint(root: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from fluid_lightning.checkpointing import consolidate
+
+    out = consolidate(next(root.rglob("last.ckpt")), tmp_path / "weights.safetensors")
+    return {k: v for k, v in load_file(out).items() if k.startswith("generator.")}
+
+
+def test_fsdp2_fits_in_two_processes_bf16_true(tmp_path):
+    fit("fsdp2.yaml", tmp_path, "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=3",
+        "--trainer.precision=bf16-true")
+    weights = _generator_weights_of_sharded_checkpoint(tmp_path, tmp_path)
+    assert {v.dtype for v in weights.values()} == {torch.bfloat16}  # parameters themselves are bf16
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
+
+
+@pytest.mark.slow  # two cold torch.compile runs on 2 CPU cores: minutes
+def test_fsdp2_fits_compiled_blocks_through_the_cli(tmp_path):
+    proc = fit("fsdp2.yaml", tmp_path, "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=2",
+               "--model.init_args.compile=true", timeout=900)
+    assert "max_steps=2` reached" in proc.stdout + proc.stderr
+    weights = _generator_weights_of_sharded_checkpoint(tmp_path, tmp_path)
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
 
 
 def test_fsdp2_checkpoint_from_two_processes_resumes_in_one_and_consolidates(tmp_path):
