@@ -102,6 +102,16 @@ def test_touching_objects_of_different_colours_are_split():
     assert found == {("square", "red", (10, 10, 30, 30)), ("square", "blue", (30, 12, 48, 30))}
 
 
+def test_a_colour_named_in_the_core_but_owning_no_pixel_is_not_split_off():
+    # A generated blob (seen from a KL-token model) whose core pixels are nearest to two palette colours,
+    # while every pixel is explained best by one colour's line: the other part is empty, not an object.
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[10:22, 8:14] = (200, 0, 0)
+    image[10:22, 14:20] = (150, 60, 0)
+    found = find_objects(image, palette={"a": (200, 0, 0), "b": (100, 100, 0)})
+    assert [(o["class"], o["color"], o["box"]) for o in found] == [("square", "a", [8, 10, 20, 22])]
+
+
 def test_found_boxes_match_the_drawn_boxes():
     for spec in SUITE[:40]:
         image, _, meta = render_scene(spec, 128)

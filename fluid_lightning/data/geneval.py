@@ -295,8 +295,9 @@ def _split_by_color(component, pixels, distance, background, palette, min_area) 
     for k in range(len(major)):
         part = np.zeros_like(component)
         part[component] = choice == k
-        parts.append(part)
-    return parts
+        if part.sum() >= min_area:  # a colour can be named in the core yet explain no pixel best
+            parts.append(part)
+    return parts if len(parts) >= 2 else [component]
 
 
 def _measure(part, room, pixels, offset, distance, background, palette, min_area, min_contrast,
