@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 from tiny import TINY_T5, tiny_generator
 
+from fluid_lightning.checkpointing import safe_load
 from fluid_lightning.cli import main
 from fluid_lightning.data.shapes import ShapesDataModule, ShapesDataset
 from fluid_lightning.data.webdata import WebDataModule
@@ -249,14 +250,19 @@ def test_generator_trains_with_a_kl_tokenizer_and_with_cached_latents(tmp_path):
     assert not torch.equal(before, gen.generator.embed.weight)
 
 
-def test_fit_export_stats_and_cache_shards_through_the_cli(tmp_path):
+def test_fit_export_stats_and_cache_shards_through_the_cli(tmp_path, monkeypatch):
+    from PIL import Image
+
     from fluid_lightning.data.shards import write_shapes_shards
 
     conf = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf/tokenizer/kl_shapes.yaml")
+    monkeypatch.chdir(tmp_path)  # the config's checkpoint folder is relative: runs/tokenizer_kl/checkpoints
     main(["fit", "--config", conf, "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--data.init_args.image_size=32",
           "--data.init_args.batch_size=2", "--trainer.enable_progress_bar=false", "--model.init_args.disc_start=1",
-          "--trainer.default_root_dir", str(tmp_path / "fit"), "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ck")])
-    ckpt = tmp_path / "ck/last.ckpt"
+          "--trainer.default_root_dir", str(tmp_path / "fit")])
+    ckpt = tmp_path / "runs/tokenizer_kl/checkpoints/last.ckpt"
+    grid = next((tmp_path / "fit").rglob("reconstructions_step0000002.png"))  # ReconstructionGrid at fit end
+    assert Image.open(grid).size == (2 * 32, 2 * 32)  # the first val batch (2 images) over 2 reconstructions
     folder = tmp_path / "kl"
     main(["tokenizer", "export", "--ckpt", str(ckpt), "--out", str(folder)])
     main(["tokenizer", "stats", "--tokenizer", str(folder), "--shapes", "8", "--no-progress"])
@@ -277,6 +283,30 @@ def test_fit_export_stats_and_cache_shards_through_the_cli(tmp_path):
     images = ShapesDataset(6, image_size=32)  # the same scenes the shards hold (lossless PNG)
     expected = tok.encode(torch.stack([images[int(k)]["image"] for k in batch["key"]]))
     torch.testing.assert_close(batch["latent"], expected, rtol=0, atol=1e-5)
+
+
+def test_tokenizer_module_trains_under_ddp_in_two_processes(tmp_path):
+    """Two optimisers and a GAN that starts mid-run under plain DDP: the discriminator must be in the
+    graph before disc_start, and both players' losses must share one backward pass."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fluid_lightning", "fit", "--config", str(root / "conf/trainer/ddp.yaml"),
+         "--config", str(root / "conf/tokenizer/vq_shapes.yaml"), "--trainer.devices=2", "--trainer.accelerator=cpu",
+         "--trainer.max_steps=3", "--trainer.gradient_clip_val=null", "--trainer.precision=32-true",
+         "--model.init_args.disc_start=1", "--data.init_args.image_size=32", "--data.init_args.batch_size=2",
+         "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+         "--trainer.default_root_dir", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    checkpoint = safe_load(tmp_path / "runs/tokenizer_vq/checkpoints/last.ckpt")
+    assert checkpoint["global_step"] == 3
+    assert len(checkpoint["optimizer_states"]) == 2 and checkpoint["optimizer_states"][1]["state"]  # disc stepped
 
 
 def test_generator_checkpoints_leave_out_loaded_tokenizer_weights_and_load_back(tmp_path):

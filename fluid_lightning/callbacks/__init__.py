@@ -4,7 +4,7 @@ from .clip_score import CLIPScoreCallback
 from .fid import FIDCallback
 from .image_writer import ImageWriter
 from .reliability import NonFiniteLossGuard, PreemptionCheckpoint
-from .sample_grid import SampleGrid
+from .sample_grid import ReconstructionGrid, SampleGrid
 from .shapes_eval import ShapesEvalCallback
 from .throughput import Throughput
 
@@ -14,6 +14,7 @@ __all__ = [
     "ImageWriter",
     "NonFiniteLossGuard",
     "PreemptionCheckpoint",
+    "ReconstructionGrid",
     "SampleGrid",
     "ShapesEvalCallback",
     "Throughput",

@@ -3,9 +3,9 @@
 Loss of the autoencoder: L1 or L2 reconstruction + optional perceptual term + KL (VAE) or
 codebook+commitment (VQ) + from ``disc_start`` on, a PatchGAN generator loss whose weight is
 taming's adaptive ratio ‖∇rec‖/‖∇gan‖ at the decoder's last layer (times ``disc_weight``). The
-discriminator trains with the hinge loss from ``disc_start`` on. Manual optimisation, two AdamW.
-Under DDP use ``strategy: ddp_find_unused_parameters_true``: the discriminator gets no gradient
-before ``disc_start``.
+discriminator trains with the hinge loss from ``disc_start`` on. Manual optimisation, two AdamW,
+one backward pass per step, so plain DDP works (conf/trainer/ddp.yaml with
+``--trainer.gradient_clip_val=null``; clip with ``grad_clip`` instead).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..models.autoencoders import AutoencoderTokenizer
 from ..models.discriminator import adaptive_gan_weight, hinge_d_loss
@@ -85,6 +86,10 @@ class TokenizerModule(L.LightningModule):
         return self.discriminator is not None and step >= self.hparams.disc_start
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Both players' losses in one backward pass: the autoencoder's GAN term sees the discriminator
+        with detached weights, and the discriminator sees detached reconstructions, so each optimiser
+        gets exactly its own gradients (the same updates as two separate passes). One backward per
+        forward is what DDP needs: a second backward would find the gradients already reduced."""
         images = batch["image"]
         step = self.trainer.global_step
         optimizers = self.optimizers()
@@ -94,27 +99,34 @@ class TokenizerModule(L.LightningModule):
         rec = self.reconstruction_loss(recon, images)
         loss = rec + self.reg_weight * reg
         logs = {"train/rec_loss": rec, "train/reg_loss": reg}
-        if self.gan_active(step):
-            gan = -self.discriminator(recon).mean()
-            weight = torch.tensor(self.hparams.disc_weight, device=images.device)
-            if self.hparams.adaptive_weight:
-                weight = weight * adaptive_gan_weight(rec, gan, self.tokenizer.last_layer)
-            loss = loss + weight * gan
-            logs.update({"train/gan_loss": gan, "train/gan_weight": weight})
+        total = loss
+        if self.discriminator is not None:
+            active = self.gan_active(step)
+            if active:
+                frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+                gan = -functional_call(self.discriminator, frozen, (recon,)).mean()
+                weight = torch.tensor(self.hparams.disc_weight, device=images.device)
+                if self.hparams.adaptive_weight:
+                    weight = weight * adaptive_gan_weight(rec, gan, self.tokenizer.last_layer)
+                loss = loss + weight * gan
+                logs.update({"train/gan_loss": gan, "train/gan_weight": weight})
+            d_loss = hinge_d_loss(self.discriminator(images.detach()), self.discriminator(recon.detach()))
+            # Before disc_start the discriminator stays in the graph with zero weight (DDP expects every
+            # parameter to get a gradient) and is not stepped.
+            total = loss + (d_loss if active else 0.0 * d_loss)
+            if active:
+                logs["train/disc_loss"] = d_loss
         opt_ae.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        if opt_disc is not None:
+            opt_disc.zero_grad(set_to_none=True)
+        self.manual_backward(total)
         self._clip(opt_ae)
         opt_ae.step()
-
-        if self.gan_active(step):
-            d_loss = hinge_d_loss(self.discriminator(images.detach()), self.discriminator(recon.detach()))
-            opt_disc.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
+        if opt_disc is not None and self.gan_active(step):
             self._clip(opt_disc)
             # The raw torch optimizer: Lightning counts every LightningOptimizer.step() in global_step,
             # which would then advance twice per batch and halve max_steps / disc_start.
             opt_disc.optimizer.step()
-            logs["train/disc_loss"] = d_loss
         logs["train/loss"] = loss
         self.log_dict(logs, prog_bar=False, batch_size=images.shape[0])
         self.log("rec", rec, prog_bar=True, logger=False, batch_size=images.shape[0])
