@@ -15,7 +15,8 @@ The composable ``checkpoint`` and ``nn.Module.compile`` keep parameter names unc
 dicts and checkpoints look the same with or without them.
 
 Only the generator (and its EMA copy) is sharded by default: the frozen text encoder and tokenizer
-are replicated, since they hold no optimiser state; ``shard_text_encoder`` shards a large frozen T5.
+are replicated, since they hold no optimiser state; ``shard_text_encoder`` shards a large frozen T5
+and ``shard_tokenizer`` a learned VAE/VQ (each then all-gathers its weights block by block).
 Never shard a module that holds a metric's feature network (mixed Tensor/DTensor errors).
 """
 
@@ -99,3 +100,25 @@ def gathered(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.reshard()
+
+
+def shard_tokenizer(tokenizer: nn.Module, mesh: DeviceMesh) -> nn.Module:
+    """Shard a frozen diffusers VAE/VQ tokenizer (``tokenizer.model``) per encoder/decoder block, then
+    its root. Pixel-patch tokenizers have no weights and are refused."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    model = getattr(tokenizer, "model", None)
+    if model is None or not any(True for _ in model.parameters()):
+        raise ValueError(f"shard_tokenizer: {type(tokenizer).__name__} has no weights to shard; "
+                         "set shard_tokenizer: false")
+    # Every part the tokenizer calls on its own (VQ decoding runs quantize.get_codebook_entry,
+    # post_quant_conv and decoder directly) is its own group, so its weights are gathered on the call.
+    parts = [getattr(model, name, None) for name in ("encoder", "decoder", "quant_conv", "post_quant_conv", "quantize")]
+    for unit in [*model.encoder.down_blocks, *model.decoder.up_blocks, *parts]:
+        if unit is not None and any(True for _ in unit.parameters()):
+            fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for owner, method in ((model, "encode"), (model, "decode"), (parts[-1], "get_codebook_entry")):
+        if owner is not None and hasattr(owner, method):  # called instead of forward: gather for them too
+            register_fsdp_forward_method(owner, method)
+    return tokenizer

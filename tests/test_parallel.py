@@ -127,6 +127,34 @@ def test_shard_text_encoder_switch(one_process_group):
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
 
 
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_shard_tokenizer_switch(one_process_group, kind):
+    from test_tokenizers import kl_tokenizer, vq_tokenizer
+
+    from fluid_lightning.lit.generator_module import GeneratorModule
+    from fluid_lightning.models import PixelPatchTokenizer
+
+    tokenizer = kl_tokenizer() if kind == "kl" else vq_tokenizer()
+    discrete = kind == "vq"
+    generator = tiny_generator(tokens="discrete" if discrete else "continuous", grid_size=tokenizer.grid_size,
+                               token_dim=tokenizer.token_dim, vocab_size=getattr(tokenizer, "vocab_size", 11))
+    module = GeneratorModule(generator, tokenizer, FrozenT5(config=TINY_T5), shard_tokenizer=True)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    expected = module.tokenizer.encode(images)
+    module._device_mesh = dist.device_mesh.init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
+    module.configure_model()
+    assert is_sharded(module.tokenizer.model)
+    torch.testing.assert_close(module.tokenizer.encode(images), expected)
+    samples = module.log_images(["a photo of a red circle"], num_steps=2, cfg=2.0)  # decoding through FSDP2
+    assert samples.shape == (1, 3, 32, 32) and torch.isfinite(samples).all()
+
+    pixels = GeneratorModule(tiny_generator(grid_size=4, token_dim=48), PixelPatchTokenizer(image_size=16, patch_size=4),
+                             FrozenT5(config=TINY_T5), shard_tokenizer=True)
+    pixels._device_mesh = module._device_mesh
+    with pytest.raises(ValueError, match="no weights to shard"):
+        pixels.configure_model()
+
+
 @pytest.mark.slow  # cold torch.compile takes 20-40 s on 2 CPU cores
 def test_compiled_blocks_give_the_eager_loss():
     torch.manual_seed(0)

@@ -40,6 +40,7 @@ class GeneratorModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         shard_text_encoder: bool = False,
+        shard_tokenizer: bool = False,
     ):
         """``lr`` is absolute (MAR: 1e-4 × global_batch / 256). Weight decay skips biases, norms,
         embeddings and learned tokens. ``ema_decay=None`` turns the EMA copy off; otherwise its
@@ -49,7 +50,7 @@ class GeneratorModule(L.LightningModule):
         Scaling switches (applied in ``configure_model`` by ``fluid_lightning.parallel.parallelize``):
         ``activation_checkpointing`` recomputes each block in backward; ``compile`` compiles each
         block; under ``ModelParallelStrategy`` the generator and its EMA are sharded with FSDP2 and
-        ``shard_text_encoder`` also shards the frozen T5. ``optimizer="adamw8bit"`` uses bitsandbytes'
+        ``shard_text_encoder`` / ``shard_tokenizer`` also shard the frozen T5 / VAE. ``optimizer="adamw8bit"`` uses bitsandbytes'
         ``AdamW8bit`` (single process or DDP only: it cannot step FSDP2's DTensor parameters)."""
         super().__init__()
         # Built from a config (LightningCLI or from_config): the nested configs are plain dicts and
@@ -97,7 +98,7 @@ class GeneratorModule(L.LightningModule):
         if self._parallelized:  # Lightning may call this more than once (e.g. fit then validate)
             return
         self._parallelized = True
-        from ..parallel import parallelize, shard_text_encoder
+        from ..parallel import parallelize, shard_text_encoder, shard_tokenizer
 
         mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None
         hp = self.hparams
@@ -106,6 +107,8 @@ class GeneratorModule(L.LightningModule):
             parallelize(self.ema, mesh)  # no backward through the EMA: no checkpointing or compile
         if mesh is not None and hp.shard_text_encoder:
             shard_text_encoder(self.text_encoder, mesh)
+        if mesh is not None and hp.shard_tokenizer:
+            shard_tokenizer(self.tokenizer, mesh)
 
     # ---- steps ---------------------------------------------------------------------------------
     def _tokens(self, batch: dict[str, Any]) -> Tensor:
