@@ -116,6 +116,16 @@ class AutoencoderTokenizer(ImageTokenizer):
         return self.decode(self.encode(images))
 
 
+def resolve_local(path: str | None) -> str | None:
+    """``path`` as given when it exists (or is a hub id); a relative path that does not exist here but
+    does beside the installed package (``fluid_lightning/assets/...``) resolves there, so configs and
+    checkpoints naming the shipped tokenizers work from any working directory."""
+    if path is None or Path(path).is_absolute() or Path(path).exists():
+        return path
+    shipped = Path(__file__).resolve().parents[2] / path
+    return str(shipped) if shipped.exists() else path
+
+
 def _from_pretrained(cls, pretrained: str, subfolder: str | None):
     try:
         # low_cpu_mem_usage=False: the default wants `accelerate` and says so on every load
@@ -153,6 +163,7 @@ class KLTokenizer(AutoencoderTokenizer):
 
         if sum(x is not None for x in (pretrained, checkpoint, config)) != 1:
             raise ValueError("KLTokenizer needs exactly one of `pretrained`, `checkpoint` or `config`")
+        pretrained = resolve_local(pretrained)
         if pretrained is not None:
             model = _from_pretrained(AutoencoderKL, pretrained, subfolder)
         elif checkpoint is not None:
@@ -235,6 +246,7 @@ class VQTokenizer(AutoencoderTokenizer):
 
         if (pretrained is None) == (config is None):
             raise ValueError("VQTokenizer needs exactly one of `pretrained` or `config`")
+        pretrained = resolve_local(pretrained)
         model = _from_pretrained(VQModel, pretrained, subfolder) if pretrained is not None else VQModel(**config)
         self._setup(model, image_size, loaded=config is None, source=pretrained)
         self.grid_size = image_size // self.downsample
