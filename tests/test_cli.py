@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fluid_lightning.checkpointing import safe_load
 from fluid_lightning.cli import lightning_cli, main
 from fluid_lightning.models.summary import generator_param_counts, load_generator_config
 from fluid_lightning.pipeline import FluidPipeline
@@ -56,6 +57,28 @@ def test_size_family_matches_its_nominal_size_on_meta(path):
 @pytest.mark.parametrize("path", TINY, ids=lambda p: p.stem)
 def test_fast_dev_run_of_each_tiny_variant(path, tmp_path):
     main(["fit", *config_args(*BASE, path), "--trainer.fast_dev_run=true", "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_quickstart_trains_evaluates_and_samples_as_the_readme_says(tmp_path, monkeypatch):
+    """The README's main job, shortened to 2 steps, from another directory (the shipped VAE is found
+    beside the package): checkpoint, sample grid and shapes scores at the end of fit, then `sample`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(CONF / "experiment/quickstart.yaml"), "--trainer.max_steps=2",
+          "--trainer.enable_progress_bar=false"])
+    ckpt = tmp_path / "runs/quickstart/checkpoints/last.ckpt"
+    assert safe_load(ckpt)["global_step"] == 2
+    logs = next((tmp_path / "runs/quickstart/lightning_logs").iterdir())
+    assert Image.open(logs / "samples/samples_step0000002.png").size == (3 * 64, 2 * 64)  # 6 prompts
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    assert "shapes/overall" in events.Tags()["scalars"]  # (train/loss is logged every 25 steps)
+
+    main(["sample", "--ckpt", str(ckpt), "--prompt", "a photo of a red circle", "--per-prompt", "2", "--steps", "4",
+          "--out", "samples"])
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["0000.png", "0001.png", "grid.png", "prompts.txt"]
+    assert Image.open(tmp_path / "samples/0000.png").size == (64, 64)
 
 
 def test_override_propagates_through_interpolations(tmp_path):
