@@ -134,16 +134,16 @@ def publish_atomically(staging: Path, target: Path) -> None:
     """
     for file in [staging] if staging.is_file() else [p for p in staging.rglob("*") if p.is_file()]:
         _fsync(file)
+    old = target.with_name(f".{target.name}.old")
     if not target.exists():
         os.replace(staging, target)
     elif _exchange(staging, target):
         _remove(staging)  # it now holds the previous checkpoint
     else:
-        old = target.with_name(f".{target.name}.old")
         _remove(old)
         os.replace(target, old)
         os.replace(staging, target)
-        _remove(old)
+    _remove(old)  # also one left by a kill between the two renames of an earlier save
     _fsync(target.parent, directory=True)
 
 

@@ -36,6 +36,28 @@ def test_publish_replaces_a_checkpoint_directory_whole(tmp_path, monkeypatch, ex
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # nothing left behind
 
 
+def test_a_copy_left_by_an_interrupted_swap_is_loaded_then_cleaned_up(tmp_path, monkeypatch):
+    from fluid_lightning.checkpointing import AtomicModelParallelStrategy
+
+    target, old = tmp_path / "last.ckpt", tmp_path / ".last.ckpt.old"
+    old.mkdir()  # killed between `target -> .old` and `staging -> target`
+    (old / "meta.pt").write_text("previous")
+    strategy = AtomicModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1)
+    monkeypatch.setattr(strategy, "broadcast", lambda obj, src=0: obj)
+    loaded = []
+    monkeypatch.setattr("lightning.pytorch.strategies.ModelParallelStrategy.load_checkpoint",
+                        lambda self, path, weights_only=None: loaded.append((Path(path), weights_only)) or {})
+    with pytest.warns(UserWarning, match="loading the previous checkpoint"):
+        strategy.load_checkpoint(target)
+    assert loaded == [(old, True)]
+
+    staging = tmp_path / ".last.ckpt.partial"
+    staging.mkdir()
+    (staging / "meta.pt").write_text("new")
+    publish_atomically(staging, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
 def test_publish_replaces_a_file_with_a_directory(tmp_path):
     target, staging = tmp_path / "last.ckpt", tmp_path / ".last.ckpt.partial"
     target.write_text("single-file checkpoint")
