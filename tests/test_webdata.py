@@ -255,11 +255,13 @@ def _fit_recording_keys(dm: WebDataModule, root, max_steps: int, save_at: int, c
     return record.keys
 
 
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-persistent-workers"])
 @pytest.mark.parametrize("resampled", [False, True], ids=["one-pass", "resampled"])
-def test_a_run_resumed_mid_epoch_goes_on_where_it_stopped(shapes_dir, tmp_path, resampled):
+def test_a_run_resumed_mid_epoch_goes_on_where_it_stopped(shapes_dir, tmp_path, resampled, workers):
     _, stats = shapes_dir
+
     def dm():  # persistent workers: the resume must reach the worker copies of the stream
-        return _module(stats["train"]["urls"], num_workers=2, persistent_workers=True, resampled=resampled,
+        return _module(stats["train"]["urls"], num_workers=workers, persistent_workers=True, resampled=resampled,
                        epoch_batches=6 if resampled else None)
 
     epoch = 6 if resampled else 20  # batches per epoch

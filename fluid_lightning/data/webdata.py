@@ -83,12 +83,15 @@ class ShardBatchStream(IterableDataset):
         # Not a generator: the worker, seed and skip are fixed when the DataLoader calls iter(), before
         # `EpochDataLoader` clears `skip_batches` (with num_workers=0 the body would otherwise run later).
         info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        self._iterations += 1  # advances across epochs in persistent workers, whose `epoch` stays put
-        epoch = self.epoch + self._iterations - 1  # the same count with fresh or persistent workers
+        if info is None:  # in the main process (num_workers=0): EpochDataLoader bumps `epoch` itself
+            worker, num_workers, epoch, first = 0, 1, self.epoch, True
+        else:  # a worker's copy; a persistent worker keeps the `epoch` it was made with, so count on
+            self._iterations += 1
+            worker, num_workers = info.id, info.num_workers
+            epoch, first = self.epoch + self._iterations - 1, self._iterations == 1
         # DataLoader takes batches from workers in turn, so this worker served these of the skipped ones:
         skip = self.skip_batches // num_workers + (worker < self.skip_batches % num_workers)
-        skip = skip if self._iterations == 1 else 0  # a persistent worker resumes only its first epoch
+        skip = skip if first else 0  # a persistent worker resumes only its first epoch
         resume = f":resumed-after-{skip}" if self.resampled and skip else ""
         rng = random.Random(f"wds:{self.seed}:{self.rank}:{worker}:{epoch}{resume}")
         return self._batches(rng, worker, num_workers, skip)
@@ -129,13 +132,12 @@ class EpochDataLoader(DataLoader):
     def __iter__(self):
         self.dataset.epoch += 1
         self.dataset.skip_batches = self._served = self._resume_at
-        self._resume_at = 0
+        self._resume_at, self._exhausted = 0, False
         iterator = super().__iter__()  # workers (or the in-process stream) take skip_batches here
         self.dataset.skip_batches = 0
         return self._counted(iterator)
 
     def _counted(self, iterator):
-        self._exhausted = False
         for batch in iterator:
             self._served += 1
             yield batch
