@@ -265,18 +265,19 @@ def test_a_run_resumed_mid_epoch_goes_on_where_it_stopped(shapes_dir, tmp_path, 
                        epoch_batches=6 if resampled else None)
 
     epoch = 6 if resampled else 20  # batches per epoch
-    full = _fit_recording_keys(dm(), tmp_path / "full", 2 * epoch + 3, save_at=4)
-    resumed = _fit_recording_keys(dm(), tmp_path / "resumed", 2 * epoch + 3, save_at=4,
-                                  ckpt_path=tmp_path / "full" / "epoch=0-step=4.ckpt")
-    assert sorted(resumed) == list(range(4, 2 * epoch + 3))
-    later_epochs = {step: keys for step, keys in full.items() if step >= epoch}
+    stop = epoch + 2  # mid-way through the second epoch: epoch counting must survive the resume too
+    full = _fit_recording_keys(dm(), tmp_path / "full", 3 * epoch + 1, save_at=2)
+    resumed = _fit_recording_keys(dm(), tmp_path / "resumed", 3 * epoch + 1, save_at=2,
+                                  ckpt_path=tmp_path / "full" / f"epoch=1-step={stop}.ckpt")
+    assert sorted(resumed) == list(range(stop, 3 * epoch + 1))
+    later_epochs = {step: keys for step, keys in full.items() if step >= 2 * epoch}
     assert {step: resumed[step] for step in later_epochs} == later_epochs  # the next epochs are the same
-    rest_of_epoch = range(4, epoch)
+    rest_of_epoch = range(stop, 2 * epoch)
     if resampled:  # drawn afresh, not re-read: same number of batches, other samples
         assert [resumed[s] for s in rest_of_epoch] != [full[s] for s in rest_of_epoch]
     else:  # one pass: exactly the samples not yet seen, none again
         assert [resumed[s] for s in rest_of_epoch] == [full[s] for s in rest_of_epoch]
-        seen = {k for step in range(4) for k in full[step]}
+        seen = {k for step in range(epoch, stop) for k in full[step]}
         assert seen.isdisjoint(k for s in rest_of_epoch for k in resumed[s])
 
 
