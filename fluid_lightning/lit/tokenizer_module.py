@@ -110,12 +110,12 @@ class TokenizerModule(L.LightningModule):
                     weight = weight * adaptive_gan_weight(rec, gan, self.tokenizer.last_layer)
                 loss = loss + weight * gan
                 logs.update({"train/gan_loss": gan, "train/gan_weight": weight})
-            d_loss = hinge_d_loss(self.discriminator(images.detach()), self.discriminator(recon.detach()))
-            # Before disc_start the discriminator stays in the graph with zero weight (DDP expects every
-            # parameter to get a gradient) and is not stepped.
-            total = loss + (d_loss if active else 0.0 * d_loss)
             if active:
+                d_loss = hinge_d_loss(self.discriminator(images.detach()), self.discriminator(recon.detach()))
+                total = loss + d_loss
                 logs["train/disc_loss"] = d_loss
+            else:  # DDP expects a gradient for every parameter: zeros for the idle discriminator, not stepped
+                total = loss + 0.0 * sum(p.sum() for p in self.discriminator.parameters())
         opt_ae.zero_grad(set_to_none=True)
         if opt_disc is not None:
             opt_disc.zero_grad(set_to_none=True)
