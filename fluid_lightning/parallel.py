@@ -103,8 +103,9 @@ def gathered(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def shard_tokenizer(tokenizer: nn.Module, mesh: DeviceMesh) -> nn.Module:
-    """Shard a frozen diffusers VAE/VQ tokenizer (``tokenizer.model``) per encoder/decoder block, then
-    its root. Pixel-patch tokenizers have no weights and are refused."""
+    """Shard a frozen diffusers VAE/VQ tokenizer (``tokenizer.model``): each encoder/decoder block, then
+    the encoder, decoder, quant convs and VQ codebook, then the root. Pixel-patch tokenizers have no
+    weights and are refused."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     model = getattr(tokenizer, "model", None)
