@@ -2,9 +2,15 @@
 
     python benchmarks/bench_strategies.py [--steps 8] [--width 384] [--depth 8] [--batch 4]
 
+    # on a GPU machine (no downloads: T5-XXL is replaced by a random one-layer T5 of its width):
+    python benchmarks/bench_strategies.py --accelerator gpu --devices 1 --model conf/model/fluid_369m.yaml \
+        --precision bf16-mixed --batch 64 --image-size 256 --stand-in-text --strategies single fsdp2
+
 Each strategy trains the same mid-size Fluid (tiny_fluid.yaml widened and deepened, 64² images,
-256 tokens) through the real CLI, with the same per-process batch (so the 2-process runs see twice
-the global batch). A callback in this file records, per rank: median step time (first 2 steps
+256 tokens; or ``--model``) through the real CLI, with the same per-process batch (so the 2-process
+runs see twice the global batch). On CUDA it also reports the peak GPU memory per process and the
+MFU: 6 × trainable parameters × tokens per image (the ``Throughput`` callback's estimate) × images/s
+over the device's peak for the precision (Lightning's table). A callback in this file records, per rank: median step time (first 2 steps
 dropped), the largest resident set size seen at step boundaries during training (memory that
 sharding can save: parameters, gradients, optimiser state, EMA), the process peak (``ru_maxrss``,
 which includes building the full model before it is sharded), and the bytes of parameters + grads +
@@ -50,11 +56,9 @@ class StepStats(L.Callback):
     def __init__(self):
         self.times, self.rss = [], []
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.rss.append(_rss_mb())
-        self._start = time.perf_counter()
-
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)  # time finished work, not queued work
         self.times.append(time.perf_counter() - self._start)
         self.rss.append(_rss_mb())
         if batch_idx == 0:  # grads and optimiser state exist now
@@ -65,34 +69,75 @@ class StepStats(L.Callback):
             ema = list(module.ema.parameters()) if module.ema is not None else []
             self.state_mb = _local_bytes([*params, *grads, *states, *ema]) / 2**20
 
+    def on_train_start(self, trainer, module):
+        self.batch = trainer.datamodule.batch_size
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)  # before sharding: global
+        self.flops_per_image = 6.0 * trainable * module.generator.num_tokens
+        if module.device.type == "cuda":
+            from lightning.fabric.utilities.throughput import get_available_flops
+
+            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+            self.peak_flops = get_available_flops(module.device, dtype)
+            torch.cuda.reset_peak_memory_stats(module.device)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        self.rss.append(_rss_mb())
+        self._start = time.perf_counter()
+
     def on_fit_end(self, trainer, module):
         out = Path(os.environ["BENCH_OUT"]) / f"rank{trainer.global_rank}.json"
-        out.write_text(json.dumps({
-            "median_step_s": statistics.median(self.times[2:]), "train_rss_mb": max(self.rss),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "state_mb": self.state_mb,
-        }))
+        step = statistics.median(self.times[2:])
+        result = {"median_step_s": step, "train_rss_mb": max(self.rss),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "state_mb": self.state_mb}
+        if module.device.type == "cuda":
+            result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(module.device) / 2**20
+            flops_per_sec = self.flops_per_image * self.batch * trainer.world_size / step
+            result["mfu"] = flops_per_sec / (self.peak_flops * trainer.world_size) if self.peak_flops else None
+        out.write_text(json.dumps(result))
 
 
 STRATEGIES = {
-    "single": ["--config", "conf/trainer/cpu.yaml", "--trainer.devices=1"],
-    "ddp": ["--config", "conf/trainer/ddp.yaml", "--trainer.devices=2"],
-    "fsdp2": ["--config", "conf/trainer/fsdp2.yaml", "--trainer.devices=2"],
+    "single": ["--config", "conf/trainer/{device}.yaml", "--trainer.devices=1"],
+    "ddp": ["--config", "conf/trainer/ddp.yaml", "--trainer.devices={devices}"],
+    "fsdp2": ["--config", "conf/trainer/fsdp2.yaml", "--trainer.devices={devices}"],
 }
 
 
-def run(name: str, ns: argparse.Namespace) -> list[dict]:
+def model_args(ns: argparse.Namespace, tmp: str) -> list[str]:
     g = "--model.init_args.generator.init_args"
+    if ns.model is None:  # the mid-size CPU default: tiny_fluid widened and deepened
+        args = ["--config", "conf/model/tiny_fluid.yaml", f"{g}.width={ns.width}", f"{g}.depth={ns.depth}",
+                f"{g}.num_heads={ns.width // 64}", f"{g}.head_width={ns.width}"]
+    else:
+        args = ["--config", ns.model]
+    if ns.stand_in_text:  # the configured T5's width (so the aligner is unchanged), one random layer
+        width = 4096 if ns.model and "fluid_" in ns.model else 64
+        text = Path(tmp) / "stand_in_text.yaml"
+        text.write_text("model:\n  init_args:\n    text_encoder:\n      init_args:\n        pretrained: null\n"
+                        f"        config: {{d_model: {width}, d_kv: 64, d_ff: 256, num_layers: 1, num_heads: 8}}\n")
+        args += ["--config", str(text)]
+    return args
+
+
+def run(name: str, ns: argparse.Namespace) -> list[dict]:
+    device = "cpu" if ns.accelerator == "cpu" else "gpu"
+    strategy = [a.format(device=device, devices=ns.devices) for a in STRATEGIES[name]]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "fluid_lightning", "fit", *STRATEGIES[name],
-               "--config", "conf/data/shapes.yaml", "--config", "conf/model/tiny_fluid.yaml",
-               "--trainer.accelerator=cpu", "--trainer.precision=32-true", f"--trainer.max_steps={ns.steps}",
-               "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=false", "--trainer.logger=false",
+        cmd = [sys.executable, "-m", "fluid_lightning", "fit", *strategy,
+               "--config", "conf/data/shapes.yaml", *model_args(ns, tmp),
+               f"--trainer.accelerator={ns.accelerator}", f"--trainer.precision={ns.precision}",
+               f"--trainer.max_steps={ns.steps}", "--trainer.limit_val_batches=0",
+               "--trainer.enable_checkpointing=false", "--trainer.logger=false",
                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-               "--trainer.callbacks=bench_strategies.StepStats", "--data.init_args.image_size=64",
-               f"--data.init_args.batch_size={ns.batch}", f"{g}.width={ns.width}", f"{g}.depth={ns.depth}",
-               f"{g}.num_heads={ns.width // 64}", f"{g}.head_width={ns.width}", "--trainer.default_root_dir", tmp]
-        env = {**os.environ, "BENCH_OUT": tmp, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "--trainer.callbacks=bench_strategies.StepStats", f"--data.init_args.image_size={ns.image_size}",
+               f"--data.init_args.batch_size={ns.batch}", f"--data.init_args.num_workers={ns.workers}",
+               "--trainer.default_root_dir", tmp]
+        env = {**os.environ, "BENCH_OUT": tmp, "HF_HUB_OFFLINE": "1",
                "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
+        if ns.accelerator == "cpu":
+            env["OMP_NUM_THREADS"] = "1"
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
@@ -102,25 +147,41 @@ def run(name: str, ns: argparse.Namespace) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--width", type=int, default=384)
-    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--width", type=int, default=384, help="default model only")
+    parser.add_argument("--depth", type=int, default=8, help="default model only")
     parser.add_argument("--batch", type=int, default=4, help="per process")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--accelerator", default="cpu", help="cpu or gpu")
+    parser.add_argument("--devices", type=int, default=2, help="processes of the ddp and fsdp2 runs")
+    parser.add_argument("--model", help="a conf/model/*.yaml (default: tiny_fluid widened to --width x --depth)")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="data loader workers per process")
+    parser.add_argument("--stand-in-text", action="store_true",
+                        help="replace the configured T5 by a random one-layer T5 of the same width (no download)")
     ns = parser.parse_args()
+    threads = "1 thread per process" if ns.accelerator == "cpu" else torch.cuda.get_device_name(0)
     print(f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}, "
-          f"1 thread per process; width {ns.width} x depth {ns.depth}, 256 tokens, batch {ns.batch}/process, fp32")
+          f"{threads}; model {ns.model or f'tiny_fluid {ns.width} x {ns.depth}'}, {ns.image_size}² images, "
+          f"batch {ns.batch}/process, {ns.precision}")
     results = {name: run(name, ns) for name in ns.strategies}
     base = results.get("single", next(iter(results.values())))[0]
+    gpu = "gpu_peak_mb" in base
     print("| strategy | processes | median s/step (per rank) | step time ratio | train RSS MB/process | "
-          "peak RSS MB/process | params+grads+Adam+EMA MB/process | state ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+          "peak RSS MB/process | params+grads+Adam+EMA MB/process | state ratio |"
+          + (" GPU peak MB/process | MFU |" if gpu else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if gpu else ""))
     for name, ranks in results.items():
         step = max(r["median_step_s"] for r in ranks)
         state = max(r["state_mb"] for r in ranks)
         per_rank = ", ".join(f"{r['median_step_s']:.2f}" for r in ranks)
-        print(f"| {name} | {len(ranks)} | {per_rank} | "
-              f"{step / base['median_step_s']:.2f} | {max(r['train_rss_mb'] for r in ranks):.0f} | "
-              f"{max(r['peak_rss_mb'] for r in ranks):.0f} | {state:.0f} | {state / base['state_mb']:.2f} |")
+        row = (f"| {name} | {len(ranks)} | {per_rank} | "
+               f"{step / base['median_step_s']:.2f} | {max(r['train_rss_mb'] for r in ranks):.0f} | "
+               f"{max(r['peak_rss_mb'] for r in ranks):.0f} | {state:.0f} | {state / base['state_mb']:.2f} |")
+        if gpu:
+            mfu = ranks[0]["mfu"]
+            row += f" {max(r['gpu_peak_mb'] for r in ranks):.0f} | {f'{mfu:.1%}' if mfu else 'unknown peak'} |"
+        print(row)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
