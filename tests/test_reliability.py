@@ -56,11 +56,11 @@ def fit_command(root: Path, max_steps: int, *extra: str) -> list[str]:
     - class_path: fluid_lightning.callbacks.PreemptionCheckpoint
     - class_path: test_reliability.Slow
 """)
-    # One batch per epoch: the data order then depends only on the (checkpointed) RNG state.
+    # Three batches per epoch, a checkpoint every 2 steps: the kill lands mid-epoch or at its end.
     return [sys.executable, "-m", "fluid_lightning", "fit", "--config", str(CONF / "trainer/cpu.yaml"),
             "--config", str(CONF / "data/shapes.yaml"), "--config", str(CONF / "model/tiny_fluid.yaml"),
             "--config", str(trainer), "--trainer.default_root_dir", str(root), f"--trainer.max_steps={max_steps}",
-            "--trainer.limit_val_batches=0", "--data.init_args.batch_size=4", "--data.init_args.num_train=4",
+            "--trainer.limit_val_batches=0", "--data.init_args.batch_size=4", "--data.init_args.num_train=12",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
 
 
@@ -154,27 +154,32 @@ def tiny_fit(module: GeneratorModule, tmp_path: Path, max_steps: int, callbacks:
 
 
 class BatchFingerprints(L.Callback):
+    """What each step starts from: the batch, and the global RNG that draws its masks and noise."""
+
     def __init__(self):
-        self.seen: dict[int, str] = {}
+        self.seen: dict[int, tuple[str, str]] = {}
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.seen[trainer.global_step] = hashlib.sha1(batch["image"].numpy().tobytes()).hexdigest()
+        self.seen[trainer.global_step] = (hashlib.sha1(batch["image"].numpy().tobytes()).hexdigest(),
+                                          hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest())
 
 
-def test_a_run_resumed_mid_epoch_continues_with_the_unseen_batches(tmp_path):
-    def fit(root: Path, ckpt_path=None) -> dict[int, str]:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_resumed_mid_epoch_continues_with_the_unseen_batches(tmp_path, workers):
+    def fit(root: Path, ckpt_path=None) -> dict[int, tuple[str, str]]:
         record = BatchFingerprints()
         trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0, default_root_dir=root,
                             plugins=[AtomicCheckpointIO()], callbacks=[record, ModelCheckpoint(
                                 dirpath=root / "ckpt", every_n_train_steps=4, save_top_k=-1)])
-        trainer.fit(tiny_module(), ShapesDataModule(image_size=32, num_train=64, batch_size=4), ckpt_path=ckpt_path)
+        data = ShapesDataModule(image_size=32, num_train=24, batch_size=4, num_workers=workers)
+        trainer.fit(tiny_module(), data, ckpt_path=ckpt_path)
         return record.seen
 
-    uninterrupted = fit(tmp_path / "a")  # 16 batches per epoch: step 4 is mid-epoch
+    uninterrupted = fit(tmp_path / "a")  # 6 batches per epoch: step 4 is mid-epoch, steps 6-9 the next epoch
     resumed = fit(tmp_path / "b", ckpt_path=tmp_path / "a" / "ckpt" / "epoch=0-step=4.ckpt")
     assert sorted(resumed) == list(range(4, 10))
-    assert resumed == {step: uninterrupted[step] for step in resumed}
+    assert resumed == {step: uninterrupted[step] for step in resumed}  # same batches, same RNG state
 
 
 class WeightWatch(L.Callback):

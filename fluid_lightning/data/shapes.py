@@ -19,7 +19,6 @@ import torch
 from lightning import LightningDataModule
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from fluid_lightning.data.geneval import (
     COLORS,
@@ -30,6 +29,7 @@ from fluid_lightning.data.geneval import (
     relative_position,
     with_article,
 )
+from fluid_lightning.data.resumable import ResumableDataLoader, ResumableSampler, resolve_rank
 
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (128, 128, 128)
@@ -360,12 +360,15 @@ class ShapesDataModule(LightningDataModule):
         self.test_set = ShapesDataset(self.num_val, stream="test", **common)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        # torchdata's StatefulDataLoader: Lightning checkpoints its sampler position, so a run resumed
-        # mid-epoch goes on with the batches it had not yet seen instead of restarting the epoch.
-        return StatefulDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_images, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0,
-                          drop_last=shuffle and len(dataset) >= self.batch_size)
+        # Resumable: Lightning checkpoints the position, so a run resumed mid-epoch goes on with the
+        # batches it had not yet seen; the sampler also gives each DDP rank its own slice.
+        rank, world_size = resolve_rank(self.trainer)
+        sampler = ResumableSampler(dataset, rank, world_size, shuffle=shuffle, seed=self.seed)
+        return ResumableDataLoader(dataset, sampler=sampler, generator=torch.Generator().manual_seed(self.seed),
+                                   batch_size=self.batch_size,
+                                   num_workers=self.num_workers, collate_fn=collate_images, pin_memory=self.pin_memory,
+                                   persistent_workers=self.num_workers > 0,
+                                   drop_last=shuffle and len(dataset) >= self.batch_size * world_size)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

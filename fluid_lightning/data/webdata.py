@@ -22,7 +22,6 @@ counted in `SampleCounters`, shared with the workers, so counts are exact;
 from __future__ import annotations
 
 import math
-import os
 import random
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ import webdataset as wds
 from lightning import Callback, LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from fluid_lightning.data.resumable import resolve_rank
 from fluid_lightning.data.samples import (
     COUNTERS,
     ImageDecoder,
@@ -158,16 +158,6 @@ class EpochDataLoader(DataLoader):
         self._resume_at = 0 if finished else state["batches"]
 
 
-def _resolve_rank(trainer, rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if trainer is not None:
-        return trainer.global_rank, trainer.world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 class WebDataModule(LightningDataModule):
     """Image or cached-latent WebDataset shards as `{"image"|"latent", "caption", "key"}` batches.
 
@@ -208,7 +198,7 @@ class WebDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.counters is None:
             self.counters = SampleCounters()
-        self.rank, self.world_size = _resolve_rank(self.trainer, self.rank, self.world_size)
+        self.rank, self.world_size = resolve_rank(self.trainer, self.rank, self.world_size)
         for split, spec, resampled in (("train", self.train_urls, self.resampled),
                                        ("val", self.val_urls, bool(self.val_batches))):
             if spec is None:
