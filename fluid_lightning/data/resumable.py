@@ -31,6 +31,8 @@ def resolve_rank(trainer, rank: int | None = None, world_size: int | None = None
 
 
 class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` whose next epoch can start ``start`` samples in (this rank's samples)."""
+
     def __init__(self, dataset: Dataset, rank: int, world_size: int, shuffle: bool, seed: int):
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         self.start = 0  # samples of this epoch to skip, set by ResumableDataLoader.load_state_dict

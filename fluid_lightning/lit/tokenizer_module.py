@@ -100,22 +100,18 @@ class TokenizerModule(L.LightningModule):
         loss = rec + self.reg_weight * reg
         logs = {"train/rec_loss": rec, "train/reg_loss": reg}
         total = loss
-        if self.discriminator is not None:
-            active = self.gan_active(step)
-            if active:
-                frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-                gan = -functional_call(self.discriminator, frozen, (recon,)).mean()
-                weight = torch.tensor(self.hparams.disc_weight, device=images.device)
-                if self.hparams.adaptive_weight:
-                    weight = weight * adaptive_gan_weight(rec, gan, self.tokenizer.last_layer)
-                loss = loss + weight * gan
-                logs.update({"train/gan_loss": gan, "train/gan_weight": weight})
-            if active:
-                d_loss = hinge_d_loss(self.discriminator(images.detach()), self.discriminator(recon.detach()))
-                total = loss + d_loss
-                logs["train/disc_loss"] = d_loss
-            else:  # DDP expects a gradient for every parameter: zeros for the idle discriminator, not stepped
-                total = loss + 0.0 * sum(p.sum() for p in self.discriminator.parameters())
+        if self.gan_active(step):
+            frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+            gan = -functional_call(self.discriminator, frozen, (recon,)).mean()
+            weight = torch.tensor(self.hparams.disc_weight, device=images.device)
+            if self.hparams.adaptive_weight:
+                weight = weight * adaptive_gan_weight(rec, gan, self.tokenizer.last_layer)
+            loss = loss + weight * gan
+            d_loss = hinge_d_loss(self.discriminator(images.detach()), self.discriminator(recon.detach()))
+            total = loss + d_loss
+            logs.update({"train/gan_loss": gan, "train/gan_weight": weight, "train/disc_loss": d_loss})
+        elif self.discriminator is not None:  # DDP wants a gradient for every parameter: zeros, not stepped
+            total = loss + 0.0 * sum(p.sum() for p in self.discriminator.parameters())
         opt_ae.zero_grad(set_to_none=True)
         if opt_disc is not None:
             opt_disc.zero_grad(set_to_none=True)
