@@ -43,24 +43,33 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[start:])
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader (same arguments: Lightning re-creates loaders from them, e.g. for ``predict``) over
-    a ``ResumableSampler``; give it ``generator=torch.Generator().manual_seed(seed)``."""
+class CountingDataLoader(DataLoader):
+    """A DataLoader that counts the batches of the current epoch it has served: the position a
+    checkpoint records and a resume skips (``ResumableDataLoader``, ``webdata.EpochDataLoader``)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._served = 0
+        self._served, self._exhausted = 0, False
 
-    def __iter__(self):
-        # Read before iterating: worker processes start (and take the sampler's start) in super().__iter__().
-        start = getattr(self.sampler, "start", 0)  # Lightning may have swapped in a sampler of its own
-        self._served = start // self.batch_size if start else 0  # the batches a resumed epoch skips
-        return self._counted(super().__iter__())
+    def _count(self, iterator, skipped: int):
+        self._served, self._exhausted = skipped, False
+        return self._counted(iterator)
 
     def _counted(self, iterator):
         for batch in iterator:
             self._served += 1
             yield batch
+        self._exhausted = True
+
+
+class ResumableDataLoader(CountingDataLoader):
+    """A DataLoader (same arguments: Lightning re-creates loaders from them, e.g. for ``predict``) over
+    a ``ResumableSampler``; give it ``generator=torch.Generator().manual_seed(seed)``."""
+
+    def __iter__(self):
+        # Read before iterating: worker processes start (and take the sampler's start) in super().__iter__().
+        start = getattr(self.sampler, "start", 0)  # Lightning may have swapped in a sampler of its own
+        return self._count(super().__iter__(), skipped=start // self.batch_size if start else 0)
 
     def state_dict(self) -> dict[str, int]:
         return {"batches": self._served}  # the epoch itself is Lightning's (it calls set_epoch)

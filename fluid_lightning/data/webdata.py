@@ -31,7 +31,7 @@ import webdataset as wds
 from lightning import Callback, LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fluid_lightning.data.resumable import resolve_rank
+from fluid_lightning.data.resumable import CountingDataLoader, resolve_rank
 from fluid_lightning.data.samples import (
     COUNTERS,
     ImageDecoder,
@@ -119,7 +119,7 @@ class ShardBatchStream(IterableDataset):
             yield self.collate(batch)
 
 
-class EpochDataLoader(DataLoader):
+class EpochDataLoader(CountingDataLoader):
     """DataLoader that tells its `ShardBatchStream` which epoch is starting (this runs in
     the main process, before non-persistent workers copy the dataset), and whose position
     (epoch, batches served in it) Lightning checkpoints: a run resumed mid-epoch goes on
@@ -127,21 +127,15 @@ class EpochDataLoader(DataLoader):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._served, self._resume_at, self._exhausted = 0, 0, False
+        self._resume_at = 0
 
     def __iter__(self):
         self.dataset.epoch += 1
-        self.dataset.skip_batches = self._served = self._resume_at
-        self._resume_at, self._exhausted = 0, False
+        skipped, self._resume_at = self._resume_at, 0
+        self.dataset.skip_batches = skipped
         iterator = super().__iter__()  # workers (or the in-process stream) take skip_batches here
         self.dataset.skip_batches = 0
-        return self._counted(iterator)
-
-    def _counted(self, iterator):
-        for batch in iterator:
-            self._served += 1
-            yield batch
-        self._exhausted = True
+        return self._count(iterator, skipped)
 
     def state_dict(self) -> dict[str, int]:
         served = self._served
