@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .models.autoencoders import STATS_FILE, AutoencoderTokenizer, KLTokenizer, VQTokenizer
+from .models.autoencoders import STATS_FILE, AutoencoderTokenizer, KLTokenizer, VQTokenizer, resolve_local
 
 TOKENIZER_FILE = "tokenizer.json"
 Sample = tuple[str, torch.Tensor, str]  # key, image [3, S, S] in [-1, 1], caption
@@ -39,7 +39,7 @@ Sample = tuple[str, torch.Tensor, str]  # key, image [3, S, S] in [-1, 1], capti
 def load_tokenizer(spec: str, **overrides: Any) -> AutoencoderTokenizer:
     """Tokenizer from a folder, an LDM/SD single file, or a TokenizerModule checkpoint; ``overrides``
     (image_size, group_size, ...) replace the stored constructor arguments."""
-    path = Path(spec)
+    path = Path(resolve_local(spec))  # the shipped fluid_lightning/assets/... from any directory
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if path.is_dir():
         if (path / TOKENIZER_FILE).exists():

@@ -331,6 +331,7 @@ def test_shipped_shapes_tokenizers_load_from_any_directory_and_reconstruct(name,
     monkeypatch.chdir(tmp_path)  # configs name them relative to the repository: fluid_lightning/assets/...
     kind = KLTokenizer if name.startswith("shapes_kl") else VQTokenizer
     tok = kind(pretrained=f"fluid_lightning/assets/{name}", image_size=64).eval()
+    assert type(load_tokenizer(f"fluid_lightning/assets/{name}")) is kind  # what the tokenizer commands call
     images = shapes_images(4, size=64)
     recon = tok.decode(tok.encode(images))
     psnr = 10 * torch.log10(4 / ((recon - images) ** 2).mean())
