@@ -33,6 +33,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +114,9 @@ def model_args(ns: argparse.Namespace, tmp: str) -> list[str]:
     else:
         args = ["--config", ns.model]
     if ns.stand_in_text:  # the configured T5's width (so the aligner is unchanged), one random layer
-        width = 4096 if ns.model and "fluid_" in ns.model else 64
+        generator = yaml.safe_load((ROOT / (ns.model or "conf/model/tiny_fluid.yaml")).read_text())
+        text_dim = generator["model"]["init_args"]["generator"]["init_args"]["text_dim"]
+        width = text_dim if isinstance(text_dim, int) else 64  # tiny configs interpolate it from the T5 itself
         text = Path(tmp) / "stand_in_text.yaml"
         text.write_text("model:\n  init_args:\n    text_encoder:\n      init_args:\n        pretrained: null\n"
                         f"        config: {{d_model: {width}, d_kv: 64, d_ff: 256, num_layers: 1, num_heads: 8}}\n")
