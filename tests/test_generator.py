@@ -114,6 +114,30 @@ def test_same_seed_same_tokens_and_other_seed_differs(tokens, order, text):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("tokens", ["continuous", "discrete"])
+def test_random_draws_do_not_depend_on_the_default_dtype(tokens, text):
+    """A bf16 uniform has 256 levels: orders would tie (towards low token indices) and noise coarsen."""
+    torch.manual_seed(0)
+    gen = tiny_generator(tokens, grid_size=8).train()
+    emb, mask = text
+    target = random_tokens(gen, emb.shape[0])
+
+    def draws():
+        g = torch.Generator().manual_seed(0)
+        order_mask = gen.random_mask(64, "cpu", g)
+        loss = gen.train()(target, emb, mask, generator=g)
+        return order_mask, loss, gen.eval().sample(emb, mask, num_steps=4, generator=g)
+
+    expected = draws()
+    torch.set_default_dtype(torch.bfloat16)  # what Lightning's bf16-true does around every step
+    try:
+        got = draws()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    for e, g in zip(expected, got):
+        assert torch.equal(e, g)
+
+
 @pytest.mark.parametrize("tokens,order", VARIANTS)
 def test_guidance_at_scale_one_equals_unguided_sampling(tokens, order, text):
     torch.manual_seed(0)

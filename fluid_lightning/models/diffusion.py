@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from . import rng
+
 # model_fn(x_t, t) -> ε, or [ε, v] concatenated on the last dim when the variance is learned.
 # t is always given in *training* timestep units (0..num_train_steps-1), also when respaced.
 ModelFn = Callable[[Tensor, Tensor], Tensor]
@@ -41,12 +43,6 @@ def space_timesteps(num_train_steps: int, num_sampling_steps: int) -> list[int]:
     return [round(i * stride) for i in range(num_sampling_steps)]
 
 
-def _randn(shape: Sequence[int], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    # Draw on the generator's device, then move: the same seed gives the same numbers on any device.
-    device = generator.device if generator is not None else like.device
-    return torch.randn(tuple(shape), generator=generator, device=device).to(like.device, torch.float32)
-
-
 def _normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
     return 0.5 * (
         -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
@@ -56,8 +52,8 @@ def _normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -
 class GaussianDiffusion:
     """One noise schedule, optionally respaced to a subset of its timesteps.
 
-    Tables are computed in float64 and kept as float32 CPU tensors; ``_at`` moves the needed entries to
-    the data's device, so this object needs no ``.to()`` and never enters a module's state dict.
+    Tables are computed in float64 and kept as float32 CPU tensors, copied once to each device that asks
+    for them (``_table``), so this object needs no ``.to()`` and never enters a module's state dict.
     """
 
     def __init__(
@@ -107,6 +103,8 @@ class GaussianDiffusion:
             "log_betas_raw": torch.log(betas),
         }
         self._t = {k: v.float() for k, v in tables.items()}
+        self._t["timestep_map"] = self.timestep_map
+        self._on_device: dict[tuple[str, torch.device], Tensor] = {}
 
     @property
     def alphas_cumprod(self) -> Tensor:
@@ -126,9 +124,18 @@ class GaussianDiffusion:
             sigma_small=self.sigma_small,
         )
 
+    def _table(self, name: str, device: torch.device) -> Tensor:
+        # Copied once per device: a host-to-GPU copy per lookup would synchronise the stream ~10 times a step.
+        if device.type == "cpu":
+            return self._t[name]
+        key = (name, device)
+        if key not in self._on_device:
+            self._on_device[key] = self._t[name].to(device)
+        return self._on_device[key]
+
     def _at(self, name: str, t: Tensor, x: Tensor) -> Tensor:
         """Table entry per row of x, shaped to broadcast over x's trailing dims."""
-        v = self._t[name].to(t.device)[t].to(x.dtype)
+        v = self._table(name, t.device)[t].to(x.dtype)
         return v.view(-1, *([1] * (x.dim() - 1)))
 
     # ---------------------------------------------------------------- forward process
@@ -164,11 +171,10 @@ class GaussianDiffusion:
         """Per-row loss [N]: MSE on ε (mean over dims), plus the VLB term when the variance is learned."""
         x0 = x0.float()
         n = x0.shape[0]
-        t_dev = generator.device if generator is not None else x0.device
-        t = torch.randint(0, self.num_steps, (n,), generator=generator, device=t_dev).to(x0.device)
-        noise = _randn(x0.shape, x0, generator)
+        t = rng.integers(self.num_steps, (n,), x0.device, generator)
+        noise = rng.normal(x0.shape, x0.device, generator)
         xt = self.q_sample(x0, t, noise)
-        model_out = model_fn(xt, self.timestep_map.to(x0.device)[t]).float()
+        model_out = model_fn(xt, self._table("timestep_map", x0.device)[t]).float()
         eps = model_out.chunk(2, dim=-1)[0] if self.learn_sigma else model_out
         loss = ((eps - noise) ** 2).flatten(1).mean(1)
         if self.learn_sigma:
@@ -203,13 +209,12 @@ class GaussianDiffusion:
     ) -> Tensor:
         """Ancestral sampling over this schedule's steps; ``temperature`` scales every added noise
         (MAR's convention), not the initial x_T."""
-        ref = torch.empty(0, device=device)
-        x = _randn(shape, ref, generator)
-        timestep_map = self.timestep_map.to(ref.device)
+        x = rng.normal(shape, device, generator)
+        timestep_map = self._table("timestep_map", torch.device(device))
         for i in reversed(range(self.num_steps)):
-            t = torch.full((shape[0],), i, device=ref.device, dtype=torch.long)
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
             out = self.p_mean_variance(model_fn(x, timestep_map[t]), x, t)
-            noise = _randn(shape, ref, generator)
+            noise = rng.normal(shape, device, generator)
             if i > 0:
                 x = out["mean"] + torch.exp(0.5 * out["log_var"]) * noise * temperature
             else:

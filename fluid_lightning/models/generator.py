@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import rng
 from .heads import DiffusionHead, LogitsHead
 from .text import TextAligner
 from .transformer import Block, KVCache, init_weights, sincos_2d
@@ -29,8 +30,8 @@ def truncated_normal(
     """Exact inverse-CDF sampling of N(mean, std²) restricted to [low, high]."""
     normal = torch.distributions.Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
     lo, hi = normal.cdf(torch.tensor(low, dtype=torch.float64)), normal.cdf(torch.tensor(high, dtype=torch.float64))
-    u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device if generator else "cpu")
-    x = normal.icdf(lo + (hi - lo) * u.cpu()).clamp(low, high)
+    u = rng.uniform((n,), "cpu", generator, dtype=torch.float64)
+    x = normal.icdf(lo + (hi - lo) * u).clamp(low, high)
     return x.float().to(device)
 
 
@@ -141,7 +142,7 @@ class FluidGenerator(nn.Module):
         low, mean, std = self.mask_ratio
         ratio = truncated_normal(batch, mean, std, low, 1.0, generator, device)
         n_masked = torch.ceil(ratio * self.num_tokens).clamp(1, self.num_tokens).long()
-        scores = torch.rand(batch, self.num_tokens, generator=generator, device=device)
+        scores = rng.uniform((batch, self.num_tokens), device, generator)
         rank = scores.argsort(dim=1).argsort(dim=1)  # position of each token in its sample's order
         return rank < n_masked[:, None]
 
@@ -154,7 +155,7 @@ class FluidGenerator(nn.Module):
         b, device = tokens.shape[0], tokens.device
         drop = None
         if self.training and self.caption_dropout > 0:
-            drop = torch.rand(b, generator=generator, device=device) < self.caption_dropout
+            drop = rng.uniform((b,), device, generator) < self.caption_dropout
         ctx, ctx_mask = self.encode_text(text, text_mask, drop)
         if self.order == "random":
             mask = self.random_mask(b, device, generator)
@@ -217,7 +218,7 @@ class FluidGenerator(nn.Module):
 
     def _sample_random(self, out, ctx, ctx_mask, num_steps, guided, predict, generator, progress) -> Tensor:
         b, n = out.shape[:2]
-        scores = torch.rand(b, n, generator=generator, device=out.device)
+        scores = rng.uniform((b, n), out.device, generator)
         rank = scores.argsort(dim=1).argsort(dim=1)
         masked = torch.ones(b, n, dtype=torch.bool, device=out.device)
         schedule = cosine_mask_schedule(n, min(num_steps, n))
