@@ -55,6 +55,30 @@ def test_ema_tracks_the_weights_with_warmup_and_is_used_for_sampling():
     assert tiny_module(ema_decay=None).sampling_generator is not None
 
 
+def test_ema_stays_float32_and_keeps_moving_when_the_module_is_cast_to_bf16():
+    module = tiny_module(ema_decay=0.9999)
+    keys = list(module.state_dict())
+    module.to(torch.bfloat16)  # what Lightning's bf16-true does to the whole module
+    assert module.generator.embed.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in module.ema.parameters()} == {torch.float32}
+    assert list(module.state_dict()) == keys
+    with torch.no_grad():
+        for p in module.generator.parameters():
+            p.add_(0.5)
+    before = module.ema.embed.weight.clone()
+    module.update_ema(step=10**6)  # decay 0.9999: a step of 5e-5, which bf16 rounding would erase
+    expected = before + 1e-4 * (module.generator.embed.weight.float() - before)
+    torch.testing.assert_close(module.ema.embed.weight, expected)
+    assert not torch.equal(module.ema.embed.weight, before)
+
+    torch.set_default_dtype(torch.bfloat16)  # bf16-true's default inside predict_step
+    try:
+        images = module.log_images(["a red circle", "two blue squares"], num_steps=2, cfg=2.0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert images.shape == (2, 3, 16, 16) and images.dtype == torch.float32 and torch.isfinite(images).all()
+
+
 def test_frozen_text_encoder_gets_no_gradient_and_stays_in_eval():
     module = tiny_module().train()
     assert not module.text_encoder.model.training and not module.ema.training

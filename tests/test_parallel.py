@@ -223,22 +223,24 @@ def test_ddp_fits_in_two_processes_bf16_true(tmp_path):
     checkpoint = safe_load(next(tmp_path.rglob("last.ckpt")))
     assert checkpoint["global_step"] == 3
     assert all(torch.isfinite(v.float()).all() for k, v in checkpoint["state_dict"].items() if k.startswith("generator."))
+    assert {v.dtype for k, v in checkpoint["state_dict"].items() if k.startswith("ema.")} == {torch.float32}
 
 
-def _generator_weights_of_sharded_checkpoint(root: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+def _weights_of_sharded_checkpoint(root: Path, tmp_path: Path, prefix: str = "generator.") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     from fluid_lightning.checkpointing import consolidate
 
     out = consolidate(next(root.rglob("last.ckpt")), tmp_path / "weights.safetensors")
-    return {k: v for k, v in load_file(out).items() if k.startswith("generator.")}
+    return {k: v for k, v in load_file(out).items() if k.startswith(prefix)}
 
 
 def test_fsdp2_fits_in_two_processes_bf16_true(tmp_path):
     fit("fsdp2.yaml", tmp_path, "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=3",
         "--trainer.precision=bf16-true")
-    weights = _generator_weights_of_sharded_checkpoint(tmp_path, tmp_path)
-    assert {v.dtype for v in weights.values()} == {torch.bfloat16}  # parameters themselves are bf16
+    weights = _weights_of_sharded_checkpoint(tmp_path, tmp_path, prefix="")
+    assert {v.dtype for k, v in weights.items() if k.startswith("generator.")} == {torch.bfloat16}  # trained in bf16
+    assert {v.dtype for k, v in weights.items() if k.startswith("ema.")} == {torch.float32}  # averaged in fp32
     assert all(torch.isfinite(v.float()).all() for v in weights.values())
 
 
@@ -247,7 +249,7 @@ def test_fsdp2_fits_compiled_blocks_through_the_cli(tmp_path):
     proc = fit("fsdp2.yaml", tmp_path, "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=2",
                "--model.init_args.compile=true", timeout=900)
     assert "max_steps=2` reached" in proc.stdout + proc.stderr
-    weights = _generator_weights_of_sharded_checkpoint(tmp_path, tmp_path)
+    weights = _weights_of_sharded_checkpoint(tmp_path, tmp_path)
     assert all(torch.isfinite(v.float()).all() for v in weights.values())
 
 

@@ -65,7 +65,8 @@ class GeneratorModule(L.LightningModule):
         self.generator = generator
         self.tokenizer = tokenizer.requires_grad_(False).eval()
         self.text_encoder = text_encoder
-        self.ema = copy.deepcopy(generator).requires_grad_(False).eval() if ema_decay else None
+        # float32 whatever the training precision: see ``to``.
+        self.ema = copy.deepcopy(generator).float().requires_grad_(False).eval() if ema_decay else None
         self._parallelized = False
         # Steps skipped because the loss was NaN/inf (all ranks agree); read by NonFiniteLossGuard.
         self.nonfinite_total = 0
@@ -77,6 +78,25 @@ class GeneratorModule(L.LightningModule):
         checkpoints of the result load with ``load_from_checkpoint`` like CLI-made ones."""
         with _given_hyperparameters_context(hparams=config, instantiator="lightning.pytorch.cli.instantiate_module"):
             return instantiate_module(cls, config)
+
+    def to(self, *args: Any, **kwargs: Any) -> GeneratorModule:
+        """``nn.Module.to``, except that a dtype change moves the EMA copy without casting it: it stays
+        float32. Each step moves the EMA by (1 - ema_decay) = 1e-4 of its distance to the weights, far
+        below bfloat16's rounding (2⁻⁸ relative), so under bf16-true (Lightning casts the whole module)
+        a bf16 EMA would stop moving after the decay's warm-up. Sampling then runs the EMA in float32
+        (the pipeline casts the text features to it)."""
+        device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
+        if self.ema is None or dtype is None:
+            return super().to(*args, **kwargs)
+        ema = self.ema
+        self._modules["ema"] = None  # (not popped: the module order, hence state dict order, stays)
+        try:
+            super().to(*args, **kwargs)
+        finally:
+            self._modules["ema"] = ema
+        if device is not None:
+            ema.to(device)
+        return self
 
     def train(self, mode: bool = True) -> GeneratorModule:
         super().train(mode)
