@@ -8,9 +8,10 @@ from typing import Literal
 
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from .lit.ema import dtype_of
 from .models.generator import FluidGenerator
 from .models.text import FrozenT5
 from .models.tokenizers import ImageTokenizer
@@ -77,7 +78,7 @@ class FluidPipeline:
         try:
             text, text_mask = self.text_encoder(prompts)
             tokens = self.generator.sample(
-                text.to(_dtype(self.generator)),  # parts may differ: under bf16-true the EMA stays float32
+                text.to(dtype_of(self.generator)),  # parts may differ: under bf16-true the EMA stays float32
                 text_mask,
                 num_steps=num_steps,
                 cfg=cfg,
@@ -88,7 +89,7 @@ class FluidPipeline:
                 generator=generator,
                 progress=progress,
             )
-            images = self.tokenizer.decode(tokens.to(_dtype(self.tokenizer)) if tokens.is_floating_point() else tokens)
+            images = self.tokenizer.decode(tokens.to(dtype_of(self.tokenizer)) if tokens.is_floating_point() else tokens)
         finally:
             self.generator.train(was_training)
         return ((images.float() + 1) / 2).clamp(0, 1)
@@ -107,11 +108,6 @@ class FluidPipeline:
             yield self.generate(
                 prompts[start : start + batch_size], generator=generator, progress=progress, **sample_kwargs
             )
-
-
-def _dtype(module: nn.Module) -> torch.dtype:
-    """The floating dtype of the module's weights (float32 for weightless ones such as pixel patches)."""
-    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
 def to_pil(images: Tensor) -> list[Image.Image]:

@@ -7,6 +7,7 @@ Run as a script under torchrun it is the FSDP2 equivalence worker (see `_equival
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
@@ -31,8 +33,8 @@ TINY_FIT = ["--config", str(CONF / "data/shapes.yaml"), "--config", str(CONF / "
             "--trainer.enable_model_summary=false"]
 
 
-def run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run(args: list[str], timeout: int = 240, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
     return proc
 
@@ -224,6 +226,35 @@ def test_ddp_fits_in_two_processes_bf16_true(tmp_path):
     assert checkpoint["global_step"] == 3
     assert all(torch.isfinite(v.float()).all() for k, v in checkpoint["state_dict"].items() if k.startswith("generator."))
     assert {v.dtype for k, v in checkpoint["state_dict"].items() if k.startswith("ema.")} == {torch.float32}
+
+
+class RngFingerprints(L.Callback):
+    """Writes $RNG_OUT/rank<r>-step<s>: the global RNG (masks, orders, noise) each step starts from; saves
+    $RNG_OUT/step2.ckpt after step 2."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        out = Path(os.environ["RNG_OUT"]) / f"rank{trainer.global_rank}-step{trainer.global_step}"
+        out.write_text(hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest())
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == 2:
+            trainer.save_checkpoint(Path(os.environ["RNG_OUT"]) / "step2.ckpt")
+
+
+def test_ddp_ranks_draw_their_own_random_streams_and_resume_them(tmp_path):
+    def ddp_fit(out: Path, *extra: str) -> dict[str, str]:
+        out.mkdir()
+        run([sys.executable, "-m", "fluid_lightning", "fit", "--config", str(CONF / "trainer/ddp.yaml"), *TINY_FIT,
+             "--trainer.default_root_dir", str(out), "--trainer.devices=2", "--trainer.accelerator=cpu",
+             "--trainer.max_steps=4", "--trainer.callbacks+=test_parallel.RngFingerprints", *extra],
+            env={**ENV, "RNG_OUT": str(out)})
+        return {p.name: p.read_text() for p in out.glob("rank*-step*")}
+
+    uninterrupted = ddp_fit(tmp_path / "a")
+    assert len(uninterrupted) == 8
+    assert uninterrupted["rank0-step0"] != uninterrupted["rank1-step0"]  # not the same masks and noise on every rank
+    resumed = ddp_fit(tmp_path / "b", "--ckpt_path", str(tmp_path / "a" / "step2.ckpt"))
+    assert resumed == {name: uninterrupted[name] for name in resumed} and len(resumed) == 4  # steps 2, 3 per rank
 
 
 def _weights_of_sharded_checkpoint(root: Path, tmp_path: Path, prefix: str = "generator.") -> dict[str, torch.Tensor]:

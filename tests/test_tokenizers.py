@@ -195,6 +195,21 @@ def test_tokenizer_module_lowers_the_loss_and_starts_the_gan_on_time(make, tmp_p
     assert recon.shape == (2, 3, 32, 32) and 0 <= recon.min() and recon.max() <= 1
 
 
+def test_tokenizer_ema_stays_float32_under_bf16_and_validates_bf16_images():
+    module = TokenizerModule(kl_tokenizer(), ema_decay=0.9999).to(torch.bfloat16)  # what bf16-true does
+    assert {p.dtype for p in module.tokenizer.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in module.ema.parameters()} == {torch.float32}
+    with torch.no_grad():
+        for p in module.tokenizer.parameters():
+            p.add_(0.5)
+    before = [p.clone() for p in module.ema.parameters()]
+    module.update_ema(step=10**6)
+    assert all(not torch.equal(a, b) for a, b in zip(before, module.ema.parameters()))
+    module.log = lambda *args, **kwargs: None  # no trainer here
+    module.validation_step({"image": shapes_images(2).to(torch.bfloat16)}, 0)
+    assert module.log_images(shapes_images(2).to(torch.bfloat16)).dtype == torch.float32
+
+
 def test_gan_off_before_start_leaves_the_discriminator_untouched(tmp_path):
     # also runs a user-given perceptual network (any module called as f(recon, target))
     module = TokenizerModule(kl_tokenizer(), discriminator=PatchDiscriminator(width=8, depth=1, groups=4), disc_start=100,

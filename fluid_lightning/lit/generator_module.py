@@ -3,7 +3,6 @@ or on cached tokenizer latents, with captions encoded by a frozen text encoder."
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Literal
 
@@ -16,11 +15,12 @@ from torch import Tensor, nn
 from ..models.generator import FluidGenerator
 from ..models.text import FrozenT5
 from ..models.tokenizers import ImageTokenizer
+from .ema import Float32EMA, make_ema, update_ema
 
 _SUBMODULES = ["generator", "tokenizer", "text_encoder"]
 
 
-class GeneratorModule(L.LightningModule):
+class GeneratorModule(Float32EMA, L.LightningModule):
     def __init__(
         self,
         generator: FluidGenerator,
@@ -65,8 +65,7 @@ class GeneratorModule(L.LightningModule):
         self.generator = generator
         self.tokenizer = tokenizer.requires_grad_(False).eval()
         self.text_encoder = text_encoder
-        # float32 whatever the training precision: see ``to``.
-        self.ema = copy.deepcopy(generator).float().requires_grad_(False).eval() if ema_decay else None
+        self.ema = make_ema(generator) if ema_decay else None  # float32 whatever the precision (lit/ema.py)
         self._parallelized = False
         # Steps skipped because the loss was NaN/inf (all ranks agree); read by NonFiniteLossGuard.
         self.nonfinite_total = 0
@@ -78,25 +77,6 @@ class GeneratorModule(L.LightningModule):
         checkpoints of the result load with ``load_from_checkpoint`` like CLI-made ones."""
         with _given_hyperparameters_context(hparams=config, instantiator="lightning.pytorch.cli.instantiate_module"):
             return instantiate_module(cls, config)
-
-    def to(self, *args: Any, **kwargs: Any) -> GeneratorModule:
-        """``nn.Module.to``, except that a dtype change moves the EMA copy without casting it: it stays
-        float32. Each step moves the EMA by (1 - ema_decay) = 1e-4 of its distance to the weights, far
-        below bfloat16's rounding (2⁻⁸ relative), so under bf16-true (Lightning casts the whole module)
-        a bf16 EMA would stop moving after the decay's warm-up. Sampling then runs the EMA in float32
-        (the pipeline casts the text features to it)."""
-        device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
-        if self.ema is None or dtype is None:
-            return super().to(*args, **kwargs)
-        ema = self.ema
-        self._modules["ema"] = None  # (not popped: the module order, hence state dict order, stays)
-        try:
-            super().to(*args, **kwargs)
-        finally:
-            self._modules["ema"] = ema
-        if device is not None:
-            ema.to(device)
-        return self
 
     def train(self, mode: bool = True) -> GeneratorModule:
         super().train(mode)
@@ -184,28 +164,27 @@ class GeneratorModule(L.LightningModule):
         if self.ema is not None:
             self.update_ema(self.trainer.global_step)
 
-    @torch.no_grad()
     def update_ema(self, step: int) -> None:
-        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-        ema_params = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach().to(e.dtype) for e, p in zip(ema_params, self.generator.parameters())], 1 - decay)
-        for e, b in zip(self.ema.buffers(), self.generator.buffers()):
-            e.copy_(b)
+        update_ema(self.ema, self.generator, step, self.hparams.ema_decay)
+
+    def setup(self, stage: str) -> None:
+        from ..checkpointing import seed_rank
+
+        seed_rank(self.trainer.global_rank)  # before any restore: a resumed run then takes its saved streams
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from ..checkpointing import capture_rng_state
+        from ..checkpointing import capture_rank_rng_states
 
-        # Lightning does not save RNG state; masking, timesteps and shuffling draw from it, so an
-        # exact resume needs it (this rank's state; with several ranks each restores rank 0's).
-        checkpoint["rng_state"] = capture_rng_state()
+        # Lightning saves no RNG state; every rank's goes in, so a resumed run continues each stream.
+        checkpoint["rng_states"] = capture_rank_rng_states()
         checkpoint["nonfinite_total"] = self.nonfinite_total
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from ..checkpointing import restore_rng_state
+        from ..checkpointing import restore_rank_rng_state
 
         self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
-        if "rng_state" in checkpoint:
-            restore_rng_state(checkpoint["rng_state"])
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        restore_rank_rng_state(checkpoint, rank, world_size)
 
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

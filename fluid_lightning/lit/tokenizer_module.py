@@ -10,7 +10,6 @@ one backward pass per step, so plain DDP works (conf/trainer/ddp.yaml with
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import lightning as L
@@ -22,11 +21,12 @@ from torch.func import functional_call
 
 from ..models.autoencoders import AutoencoderTokenizer
 from ..models.discriminator import adaptive_gan_weight, hinge_d_loss
+from .ema import Float32EMA, dtype_of, make_ema, update_ema
 
 _SUBMODULES = ["tokenizer", "perceptual", "discriminator"]
 
 
-class TokenizerModule(L.LightningModule):
+class TokenizerModule(Float32EMA, L.LightningModule):
     def __init__(
         self,
         tokenizer: AutoencoderTokenizer,
@@ -62,7 +62,7 @@ class TokenizerModule(L.LightningModule):
         self.discriminator = discriminator
         self.perceptual = perceptual.requires_grad_(False).eval() if perceptual is not None else None
         self.reg_weight = reg_weight if reg_weight is not None else (1.0 if tokenizer.discrete else 1e-6)
-        self.ema = copy.deepcopy(tokenizer).requires_grad_(False).eval() if ema_decay else None
+        self.ema = make_ema(tokenizer) if ema_decay else None  # float32 whatever the precision (lit/ema.py)
 
     @property
     def sampling_tokenizer(self) -> AutoencoderTokenizer:
@@ -133,17 +133,12 @@ class TokenizerModule(L.LightningModule):
         if self.hparams.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
 
-    @torch.no_grad()
     def update_ema(self, step: int) -> None:
-        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-        ema, live = list(self.ema.parameters()), list(self.tokenizer.parameters())
-        torch._foreach_lerp_(ema, [p.detach() for p in live], 1 - decay)
-        for e, b in zip(self.ema.buffers(), self.tokenizer.buffers()):
-            e.copy_(b)
+        update_ema(self.ema, self.tokenizer, step, self.hparams.ema_decay)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["image"]
-        recon = self.sampling_tokenizer.reconstruct(images)
+        recon = self.sampling_tokenizer.reconstruct(images.to(dtype_of(self.sampling_tokenizer)))
         mse = ((recon - images) ** 2).flatten(1).mean(1)
         psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # peak-to-peak 2 in [-1, 1]
         b = images.shape[0]
@@ -165,5 +160,5 @@ class TokenizerModule(L.LightningModule):
     @torch.no_grad()
     def log_images(self, images: Tensor) -> Tensor:
         """Reconstructions [B, 3, H, W] in [0, 1] of images in [-1, 1] (EMA weights when kept)."""
-        recon = self.sampling_tokenizer.reconstruct(images.to(self.device))
+        recon = self.sampling_tokenizer.reconstruct(images.to(self.device, dtype_of(self.sampling_tokenizer)))
         return ((recon.clamp(-1, 1) + 1) / 2).float()
