@@ -35,6 +35,8 @@ import lightning as L
 import torch
 import yaml
 
+from fluid_lightning.callbacks.throughput import peak_flops
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,13 +74,10 @@ class StepStats(L.Callback):
 
     def on_train_start(self, trainer, module):
         self.batch = trainer.datamodule.batch_size
-        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)  # before sharding: global
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)  # a DTensor counts its global size
         self.flops_per_image = 6.0 * trainable * module.generator.num_tokens
         if module.device.type == "cuda":
-            from lightning.fabric.utilities.throughput import get_available_flops
-
-            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
-            self.peak_flops = get_available_flops(module.device, dtype)
+            self.peak_flops = peak_flops(module.device, trainer.precision)
             torch.cuda.reset_peak_memory_stats(module.device)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -141,9 +140,11 @@ def run(name: str, ns: argparse.Namespace) -> list[dict]:
                "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
         if ns.accelerator == "cpu":
             env["OMP_NUM_THREADS"] = "1"
+        if ns.accelerator != "cpu":
+            env.setdefault("NCCL_DEBUG", "WARN")  # a failing collective then says why
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         return [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("rank*.json"))]
 
 
@@ -159,15 +160,25 @@ def main() -> None:
     parser.add_argument("--model", help="a conf/model/*.yaml (default: tiny_fluid widened to --width x --depth)")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="data loader workers per process")
+    parser.add_argument("--workers", type=int, help="data loader workers per process (default: 0 on CPU, 4 on GPU)")
     parser.add_argument("--stand-in-text", action="store_true",
                         help="replace the configured T5 by a random one-layer T5 of the same width (no download)")
     ns = parser.parse_args()
+    if ns.workers is None:  # CPU: no worker competes with the 1-thread training processes; GPU: keep it fed
+        ns.workers = 0 if ns.accelerator == "cpu" else 4
     threads = "1 thread per process" if ns.accelerator == "cpu" else torch.cuda.get_device_name(0)
     print(f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}, "
           f"{threads}; model {ns.model or f'tiny_fluid {ns.width} x {ns.depth}'}, {ns.image_size}² images, "
           f"batch {ns.batch}/process, {ns.precision}")
-    results = {name: run(name, ns) for name in ns.strategies}
+    results = {}
+    for name in ns.strategies:  # one failure keeps the others' numbers; each is printed as it arrives
+        try:
+            results[name] = run(name, ns)
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
+        except RuntimeError as err:
+            print(err, flush=True)
+    if not results:
+        sys.exit("every strategy failed")
     base = results.get("single", next(iter(results.values())))[0]
     gpu = "gpu_peak_mb" in base
     print("| strategy | processes | median s/step (per rank) | step time ratio | train RSS MB/process | "

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fluid_lightning.callbacks.fid import FIDCallback
 from fluid_lightning.callbacks.sample_grid import SampleGrid
 from fluid_lightning.callbacks.shapes_eval import ShapesEvalCallback
-from fluid_lightning.callbacks.throughput import Throughput
+from fluid_lightning.callbacks.throughput import Throughput, peak_flops
 from fluid_lightning.cli import lightning_cli
 from fluid_lightning.data.geneval import TAGS
 from fluid_lightning.data.shapes import render_scene, scene_spec_for_index
@@ -76,6 +76,18 @@ def test_callbacks_write_images_text_and_scalars_to_tensorboard(tmp_path):
     assert len((tmp_path / "shapes.jsonl").read_text().splitlines()) == 12
     fid = events.Scalars("val/fid")
     assert [e.step for e in fid] == [2, 3] and all(e.value > 0 for e in fid)
+
+
+@pytest.mark.parametrize("name,precision,expected", [
+    ("NVIDIA H200", "bf16-mixed", 989.4e12),  # Lightning's own table has no entry for this name
+    ("NVIDIA H100 PCIe", "bf16-true", 756e12),
+    ("NVIDIA H100 80GB HBM3", "bf16-mixed", 989.4e12),  # dense, not Lightning's with-sparsity 1979e12
+    ("NVIDIA A100-SXM4-80GB", "bf16-mixed", 312e12),
+])
+def test_mfu_uses_dense_bf16_peaks(name, precision, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops(torch.device("cuda", 0), precision) == expected
+    assert peak_flops(torch.device("cpu"), precision) is None
 
 
 def test_missing_metadata_is_reported_once_and_training_goes_on(tmp_path):

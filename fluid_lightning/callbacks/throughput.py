@@ -19,11 +19,34 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 
+# Dense bf16 peaks (no 2:4 sparsity), from NVIDIA's datasheets; the first key found in the device name
+# wins. Lightning's table lists Hopper's with-sparsity figures (MFU would read half) and does not
+# recognise the plain "NVIDIA H200" name.
+DENSE_BF16_PEAK_FLOPS = {"h200 nvl": 835e12, "h200": 989.4e12, "h100 nvl": 835e12, "h100 pcie": 756e12,
+                         "h100": 989.4e12, "a100": 312e12}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """One device's peak FLOP/s for the training precision: the dense bf16 table above for bf16 on the
+    GPUs it lists, else Lightning's table; None on CPUs and unknown GPUs."""
+    if device.type != "cuda":
+        return None
+    bf16 = "bf16" in str(precision)
+    name = torch.cuda.get_device_name(device).lower()
+    if bf16:
+        for key, flops in DENSE_BF16_PEAK_FLOPS.items():
+            if key in name:
+                return flops
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    return get_available_flops(device, torch.bfloat16 if bf16 else torch.float32)
+
+
 class Throughput(L.Callback):
     def __init__(self, peak_flops: float | None = None, window: int = 20, flops_per_image: float | None = None,
                  tokens_per_image: int | None = None):
         """``peak_flops``: one device's peak FLOP/s for the training dtype (H100 bf16 dense ≈ 989e12);
-        None asks Lightning's table for CUDA devices and skips MFU where unknown (CPUs).
+        None looks the GPU up (``peak_flops``) and skips MFU where unknown (CPUs).
         ``window``: steps averaged. ``tokens_per_image``: default ``generator.num_tokens``."""
         self.peak_flops, self.window = peak_flops, window
         self.flops_per_image, self.tokens_per_image = flops_per_image, tokens_per_image
@@ -38,11 +61,8 @@ class Throughput(L.Callback):
         if self.flops_per_image is None and self.tokens_per_image:
             trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
             self.flops_per_image = 6.0 * trainable * self.tokens_per_image
-        if self.peak_flops is None and pl_module.device.type == "cuda":
-            from lightning.fabric.utilities.throughput import get_available_flops
-
-            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
-            self.peak_flops = get_available_flops(pl_module.device, dtype)
+        if self.peak_flops is None:
+            self.peak_flops = peak_flops(pl_module.device, trainer.precision)
         if self.peak_flops is None:
             rank_zero_info("Throughput: no peak_flops given or known for this device; MFU is not logged")
         if self.tokens_per_image is None:
