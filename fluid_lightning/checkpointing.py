@@ -85,10 +85,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         _atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if Path(path).is_dir():
+            raise IsADirectoryError(
+                f"{path} is a sharded FSDP2 checkpoint: resume it with --config conf/trainer/fsdp2.yaml (any "
+                "--trainer.devices, 1 included), or make one weights file with `python -m fluid_lightning checkpoint "
+                "consolidate`")
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         # Ignore weights_only=False requests: resuming never needs arbitrary objects.
         return safe_load(path, map_location=map_location if map_location is not None else "cpu")
+
+
+def find_last_checkpoint(root: str | Path) -> Path | None:
+    """The newest ``last*.ckpt`` (file or FSDP2 folder) that ``fit`` runs rooted at ``root`` wrote: in
+    ``root/checkpoints/`` (a fixed ModelCheckpoint dirpath, PreemptionCheckpoint's fallback) or a logger's
+    ``root/<name>/version_*/checkpoints/`` (each run starts a new version, which Lightning's own
+    ``ckpt_path="last"`` lookup does not search)."""
+    root = Path(root)
+    found = [*root.glob("checkpoints/last*.ckpt"), *root.glob("*/version_*/checkpoints/last*.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
 # ---- directories (sharded FSDP2 checkpoints) ---------------------------------------------------------

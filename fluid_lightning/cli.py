@@ -17,6 +17,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from .config import register_resolvers
 
@@ -24,17 +25,60 @@ _CUSTOM_COMMANDS = ("sample", "params", "data", "evaluate", "checkpoint", "token
 
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def _fluid_cli_class():
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+    from .checkpointing import find_last_checkpoint
+
+    class FluidCLI(LightningCLI):
+        """LightningCLI with two resume fixes: ``--ckpt_path last`` also finds the last checkpoint of an
+        earlier run's version folder, and the model settings that the checkpoint's hyper-parameters
+        replace (Lightning rebuilds the model from them) are named instead of dropped silently."""
+
+        def parse_arguments(self, parser, args) -> None:
+            super().parse_arguments(parser, args)
+            subcommand = self.config.get("subcommand")
+            config = self.config.get(subcommand) if subcommand else None
+            if config is None or not config.get("ckpt_path"):
+                return
+            if config.ckpt_path == "last":
+                found = find_last_checkpoint(config.trainer.default_root_dir or ".")
+                if found is not None:
+                    config.ckpt_path = str(found)
+                    rank_zero_info(f"--ckpt_path last: resuming from {found}")
+            self._given_model = _flatten(config.model.as_dict()) if config.get("model") else {}
+
+        def before_instantiate_classes(self) -> None:
+            given = getattr(self, "_given_model", None)
+            if not given:
+                return
+            loaded = _flatten(self.config[self.subcommand].model.as_dict())
+            changed = [f"{key}: {given[key]!r} -> {loaded[key]!r}" for key in sorted(given.keys() & loaded.keys())
+                       if given[key] != loaded[key]]
+            if changed:
+                rank_zero_warn("--ckpt_path: the model is rebuilt from the checkpoint's hyper-parameters, which "
+                               f"replace these given settings: {'; '.join(changed)}")
+
+    return FluidCLI
+
+
 def lightning_cli(args: list[str] | None = None, run: bool = True):
     import jsonargparse
     import lightning as L
-    from lightning.pytorch.cli import LightningCLI
 
     jsonargparse.set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     register_resolvers()
     # Frozen parts (text encoder, tokenizer, EMA copy) stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # omegaconf+ resolves ${...} after command-line overrides, so interpolations follow them.
-    return LightningCLI(
+    return _fluid_cli_class()(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,

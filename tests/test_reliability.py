@@ -47,7 +47,16 @@ class Slow(L.Callback):
         time.sleep(0.3)
 
 
-def fit_command(root: Path, max_steps: int, *extra: str) -> list[str]:
+class MarkSteps(L.Callback):
+    """Touches <default_root_dir>/step<n> after each optimizer step n."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        (Path(trainer.default_root_dir) / f"step{trainer.global_step}").touch()
+
+
+def fit_command(root: Path, max_steps: int, *extra: str, stock_callbacks: bool = False) -> list[str]:
+    """A tiny CLI fit: with ``stock_callbacks`` the trainer config's own callbacks (checkpoints in a new
+    version folder per run) plus Slow and MarkSteps; else a checkpoint every 2 steps in root/ckpt."""
     trainer = root / "trainer.yaml"
     trainer.write_text(f"""trainer:
   deterministic: true
@@ -56,7 +65,9 @@ def fit_command(root: Path, max_steps: int, *extra: str) -> list[str]:
       init_args: {{dirpath: {root / 'ckpt'}, every_n_train_steps: 2, save_last: true, save_top_k: -1}}
     - class_path: fluid_lightning.callbacks.PreemptionCheckpoint
     - class_path: test_reliability.Slow
-""")
+""" if not stock_callbacks else "trainer:\n  deterministic: true\n")
+    if stock_callbacks:
+        extra = ("--trainer.callbacks+=test_reliability.Slow", "--trainer.callbacks+=test_reliability.MarkSteps", *extra)
     # Three batches per epoch, a checkpoint every 2 steps: the kill lands mid-epoch or at its end.
     return [sys.executable, "-m", "fluid_lightning", "fit", "--config", str(CONF / "trainer/cpu.yaml"),
             "--config", str(CONF / "data/shapes.yaml"), "--config", str(CONF / "model/tiny_fluid.yaml"),
@@ -119,13 +130,22 @@ def test_sigkilled_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
 
 
-def test_sigterm_saves_a_checkpoint_to_resume_from(tmp_path):
-    proc = start(fit_command(tmp_path, 50), tmp_path / "log.txt")
-    wait_for(tmp_path / "ckpt" / "*step=2*.ckpt", proc)
+def test_sigterm_saves_a_checkpoint_that_ckpt_path_last_resumes(tmp_path):
+    # The stock trainer config: each run logs and checkpoints into a new lightning_logs/version_N.
+    proc = start(fit_command(tmp_path, 50, stock_callbacks=True), tmp_path / "log.txt")
+    wait_for(tmp_path / "step2", proc)
     proc.send_signal(signal.SIGTERM)
     text = finish(proc, tmp_path / "log.txt", ok=False)
     assert "SIGTERM received: saved" in text, text[-3000:]
-    assert safe_load(tmp_path / "ckpt" / "last.ckpt")["global_step"] >= 2
+    stopped_at = safe_load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")["global_step"]
+    assert stopped_at >= 2
+
+    resumed = start(fit_command(tmp_path, stopped_at + 1, "--ckpt_path", "last", "--model.init_args.lr=0.123",
+                                stock_callbacks=True), tmp_path / "resume.txt")
+    text = finish(resumed, tmp_path / "resume.txt")
+    assert "Restored all states" in text
+    assert "replace these given settings: init_args.lr: 0.123 -> 0.0005" in text  # not dropped silently
+    assert safe_load(tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt")["global_step"] == stopped_at + 1
 
 
 # ---- non-finite losses, in process -------------------------------------------------------------------
@@ -239,6 +259,12 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
         io.save_checkpoint({"step": 2, "w": torch.zeros(3), "bad": lambda: None}, path)
     assert io.load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_a_sharded_checkpoint_given_to_a_one_file_strategy_names_the_fix(tmp_path):
+    (tmp_path / "last.ckpt").mkdir()
+    with pytest.raises(IsADirectoryError, match="conf/trainer/fsdp2.yaml"):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "last.ckpt")
 
 
 def test_rng_state_round_trips():
