@@ -24,6 +24,7 @@ import random
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -191,9 +192,42 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
                            f"checkpoint from {old}")
             path = old
         try:  # weights_only whatever the caller asked: the metadata file must not be able to run code
-            return super().load_checkpoint(path, weights_only=True)
+            with _optimizer_state_named_by_param_groups(self.model, self.optimizers):
+                return super().load_checkpoint(path, weights_only=True)
         except pickle.UnpicklingError as err:
             raise _refusal(path / "meta.pt" if path.is_dir() else path, err) from err
+
+
+@contextmanager
+def _optimizer_state_named_by_param_groups(module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]):
+    """Resuming a one-file checkpoint (one process or DDP) under FSDP2: Lightning names its optimizer
+    state's numbered parameters by walking ``module.named_parameters()``, but an optimizer numbers them
+    group by group (here: decayed weights, then the rest), so the names come out wrong and loading fails
+    on shapes. Within this context they are named in the optimizer's own group order."""
+    import lightning.fabric.strategies.model_parallel as model_parallel
+
+    lightning_rekey = model_parallel._rekey_optimizer_state_if_needed
+    names = {id(p): name for name, p in module.named_parameters()}
+
+    def rekey(state: dict[str, Any], _module: torch.nn.Module) -> dict[str, Any]:
+        groups = state["param_groups"]
+        if not groups or not groups[0]["params"] or not isinstance(groups[0]["params"][0], int):
+            return lightning_rekey(state, _module)
+        sizes = [len(g["params"]) for g in groups]
+        optimizer = next((o for o in optimizers if [len(g["params"]) for g in o.param_groups] == sizes), None)
+        if optimizer is None:
+            raise ValueError(f"the checkpoint's optimizer has parameter groups of sizes {sizes}, which no optimizer of "
+                             "this run has: was it written by another model config?")
+        name_of = {i: names[id(p)] for saved, live in zip(groups, optimizer.param_groups)
+                   for i, p in zip(saved["params"], live["params"])}
+        return {"state": {name_of[i]: v for i, v in state["state"].items()},
+                "param_groups": [{**g, "params": [name_of[i] for i in g["params"]]} for g in groups]}
+
+    model_parallel._rekey_optimizer_state_if_needed = rekey
+    try:
+        yield
+    finally:
+        model_parallel._rekey_optimizer_state_if_needed = lightning_rekey
 
 
 # ---- RNG state (Lightning does not checkpoint it) --------------------------------------------------

@@ -275,6 +275,21 @@ def test_fsdp2_fits_in_two_processes_bf16_true(tmp_path):
     assert all(torch.isfinite(v.float()).all() for v in weights.values())
 
 
+def test_a_one_process_checkpoint_resumes_under_fsdp2_with_its_optimizer_state(tmp_path):
+    from fluid_lightning.checkpointing import safe_load
+
+    fp32 = ("--trainer.accelerator=cpu", "--trainer.precision=32-true")
+    fit("cpu.yaml", tmp_path / "one", *fp32, "--trainer.max_steps=2")
+    start = str(next((tmp_path / "one").rglob("last.ckpt")))
+    fit("cpu.yaml", tmp_path / "plain", *fp32, "--trainer.max_steps=3", "--ckpt_path", start)
+    fit("fsdp2.yaml", tmp_path / "fsdp2", *fp32, "--trainer.devices=1", "--trainer.max_steps=3", "--ckpt_path", start)
+    plain = safe_load(next((tmp_path / "plain").rglob("last.ckpt")))["state_dict"]
+    sharded = _weights_of_sharded_checkpoint(tmp_path / "fsdp2", tmp_path)
+    assert sharded.keys() == {k for k in plain if k.startswith("generator.")}
+    for name, value in sharded.items():  # a wrongly restored AdamW state would move step 3 elsewhere
+        torch.testing.assert_close(value, plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.slow  # two cold torch.compile runs on 2 CPU cores: minutes
 def test_fsdp2_fits_compiled_blocks_through_the_cli(tmp_path):
     proc = fit("fsdp2.yaml", tmp_path, "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=2",
