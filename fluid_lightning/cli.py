@@ -1,13 +1,14 @@
-"""Command line: LightningCLI for fit/validate/test/predict, plus `sample`, `params`, `data`, `evaluate`.
+"""Command line: LightningCLI for fit/validate/test/predict, plus `sample`, `params`, `data`, `evaluate`,
+`checkpoint` and `tokenizer`; `<command> --help` gives each one's options.
 
-    python -m fluid_lightning fit --config conf/experiment/quickstart.yaml
-    python -m fluid_lightning sample --ckpt runs/.../last.ckpt --prompt "a photo of a red circle" --out samples/
+    python -m fluid_lightning fit --config conf/experiment/quickstart.yaml      (also validate, test, predict)
+    python -m fluid_lightning sample --ckpt runs/.../last.ckpt --prompt "a photo of a red circle" --out runs/samples
     python -m fluid_lightning params conf/model/*.yaml
     python -m fluid_lightning data shapes --out data/shapes --n 20000
-    python -m fluid_lightning evaluate generate --ckpt last.ckpt --metadata evaluation_metadata.jsonl --out gen/
-    python -m fluid_lightning evaluate shapes --images gen/
-    python -m fluid_lightning checkpoint consolidate runs/.../last.ckpt model.safetensors
-    python -m fluid_lightning tokenizer stats|cache|export ...   (see tokenizer_commands.py)
+    python -m fluid_lightning evaluate generate --ckpt last.ckpt --metadata evaluation_metadata.jsonl --out runs/gen
+    python -m fluid_lightning evaluate shapes --images runs/gen
+    python -m fluid_lightning checkpoint consolidate runs/.../last.ckpt runs/model.safetensors
+    python -m fluid_lightning tokenizer stats|cache|evaluate|export ...   (see tokenizer_commands.py)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from .config import register_resolvers
 
 _CUSTOM_COMMANDS = ("sample", "params", "data", "evaluate", "checkpoint", "tokenizer")
+_LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 
@@ -92,13 +94,13 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
 
 
 def sample_main(argv: list[str]) -> None:
-    from .pipeline import add_sampling_args
+    from .pipeline import add_sampling_args, positive_int
 
     parser = argparse.ArgumentParser(prog="fluid_lightning sample", description="Generate images from a checkpoint.")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit` (.ckpt) or a consolidated .safetensors")
     parser.add_argument("--prompt", action="append", required=True, help="a caption; repeat for several")
     parser.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
-    parser.add_argument("--per-prompt", type=int, default=1, help="images per prompt")
+    parser.add_argument("--per-prompt", type=positive_int, default=1, help="images per prompt")
     add_sampling_args(parser)
     ns = parser.parse_args(argv)
 
@@ -183,11 +185,22 @@ def _human(n: int) -> str:
 def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if argv and argv[0] in _CUSTOM_COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return
+    if argv[0] in _CUSTOM_COMMANDS:
         commands = {"sample": sample_main, "params": params_main, "data": data_main, "evaluate": evaluate_main,
                     "checkpoint": checkpoint_main, "tokenizer": tokenizer_main}
-        commands[argv[0]](argv[1:])
+        try:
+            commands[argv[0]](argv[1:])
+        except (OSError, ValueError) as err:  # bad input: the message names the fix; the traceback adds nothing
+            if os.environ.get("FLUID_LIGHTNING_TRACEBACK"):
+                raise
+            sys.exit(f"fluid_lightning {argv[0]}: error: {err}")
         return
+    if not argv[0].startswith("-") and argv[0] not in _LIGHTNING_COMMANDS:
+        sys.exit(f"fluid_lightning: unknown command {argv[0]!r}; choose from "
+                 f"{', '.join(_LIGHTNING_COMMANDS + _CUSTOM_COMMANDS)} (--help lists what each does)")
     lightning_cli(None if args is None else argv)
 
 

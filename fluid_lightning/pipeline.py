@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -129,16 +130,24 @@ def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Im
     return grid
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_sampling_args(parser, steps: int = 64) -> None:
     """The sampling options shared by the `sample` and `evaluate` commands."""
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=steps, help="sampling steps (random order; raster takes N)")
+    parser.add_argument("--steps", type=positive_int, default=steps, help="sampling steps (random order; raster takes N)")
     parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None, help="discrete tokens only")
+    parser.add_argument("--top-k", type=positive_int, default=None, help="discrete tokens only")
     parser.add_argument("--no-kv-cache", action="store_true", help="raster order: recompute the prefix each step")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
 
 

@@ -236,12 +236,12 @@ def _tokenizer_and_plan(args: argparse.Namespace):
 
 
 def _run_stats(args: argparse.Namespace) -> dict:
+    out = args.out or (Path(args.tokenizer) / STATS_FILE if Path(args.tokenizer).is_dir() else None)
+    if out is None:  # checked before the work, not after it
+        raise SystemExit("--out is required when the tokenizer is not a folder")
     tokenizer, plan = _tokenizer_and_plan(args)
     stats = compute_latent_stats(tokenizer, plan, args.batch_size, args.max_images, per_channel=not args.scalar,
                                  shift=not args.no_shift, progress=not args.no_progress)
-    out = args.out or (Path(args.tokenizer) / STATS_FILE if Path(args.tokenizer).is_dir() else None)
-    if out is None:
-        raise SystemExit("--out is required when the tokenizer is not a folder")
     write_stats(out, stats)
     print(f"{stats['num_images']} images: shift={stats['shift']} scale={stats['scale']} -> {out}")
     return stats
@@ -270,7 +270,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def add_tokenizer_commands(subparsers) -> None:
-    """Register `stats`, `cache` and `export` on an `ArgumentParser.add_subparsers()` object."""
+    """Register `stats`, `cache`, `evaluate` and `export` on an `ArgumentParser.add_subparsers()` object."""
     for name, func, help_text in (("stats", _run_stats, "latent shift/scale over a dataset → latent_stats.json"),
                                   ("cache", _run_cache, "encode a dataset to cached-latent shards (resumable)"),
                                   ("evaluate", _run_evaluate, "reconstruction PSNR / L1 (VQ: codes in use)")):

@@ -141,9 +141,27 @@ def test_checkpoint_to_pipeline_to_images_round_trip(tmp_path):
     assert (again / "grid.png").read_bytes() == (out / "grid.png").read_bytes()  # KV cache or not, same images
 
 
-def test_sample_with_a_missing_checkpoint_says_so(tmp_path):
+def test_bad_input_to_a_command_gets_one_line_naming_the_problem(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit, match="fluid_lightning sample: error: no checkpoint"):
+        main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "x", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="fluid_lightning data: error: --from .*nope: no such folder"):
+        main(["data", "shards", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "shards")])
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a usage line and code 2, before any model loads
+        main(["sample", "--ckpt", "x.ckpt", "--prompt", "x", "--out", str(tmp_path), "--steps", "0"])
+    assert exit_info.value.code == 2 and "--steps: must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown command 'smaple'; choose from fit, .*sample"):
+        main(["smaple"])
+    monkeypatch.setenv("FLUID_LIGHTNING_TRACEBACK", "1")  # the exception itself, for debugging
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "x", "--out", str(tmp_path)])
+
+
+def test_top_level_help_lists_every_command(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("fit", "sample", "params", "data", "evaluate", "checkpoint", "tokenizer"):
+        assert f"fluid_lightning {command} " in out, command
+    assert "validate, test, predict" in out
 
 
 def test_predict_writes_images_for_the_validation_captions(tmp_path):

@@ -281,6 +281,12 @@ def test_a_run_resumed_mid_epoch_goes_on_where_it_stopped(shapes_dir, tmp_path, 
         assert seen.isdisjoint(k for s in rest_of_epoch for k in resumed[s])
 
 
+def test_shards_that_do_not_exist_are_named_at_setup(tmp_path):
+    dm = _module([str(tmp_path / "nope" / "train")])
+    with pytest.raises(FileNotFoundError, match="no such shards.*nope"):
+        dm.setup("fit")
+
+
 def test_only_broken_shards_fail_loudly_instead_of_spinning(tmp_path):
     broken = tmp_path / "broken.tar"
     broken.write_bytes(b"\x00" * 10 + b"not a tar")

@@ -18,7 +18,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-
 # Dense bf16 peaks (no 2:4 sparsity), from NVIDIA's datasheets; the first key found in the device name
 # wins. Lightning's table lists Hopper's with-sparsity figures (MFU would read half) and does not
 # recognise the plain "NVIDIA H200" name.

@@ -124,6 +124,8 @@ def write_image_shards(source: str | os.PathLike, out_dir: str | os.PathLike, sh
     Returns {"written", "skipped": {reason: n}, "shards", "urls"}.
     """
     source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"--from {source}: no such folder or .jsonl file")
     items: Iterable = iter_jsonl(source) if source.suffix == ".jsonl" else iter_folder(source)
     skipped: Counter = Counter()
     with ShardSink(out_dir, shard_size) as sink:

@@ -22,6 +22,7 @@ counted in `SampleCounters`, shared with the workers, so counts are exact;
 from __future__ import annotations
 
 import math
+import os
 import random
 import warnings
 from collections.abc import Callable, Iterator
@@ -200,6 +201,13 @@ class WebDataModule(LightningDataModule):
             urls = expand_shard_urls(spec)
             if not urls:
                 raise ValueError(f"no {split} shards match {spec!r}")
+            missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
+            if missing and len(missing) == len(urls):
+                raise FileNotFoundError(f"{split}_urls {spec!r}: no such shards (first: {missing[0]!r}); build them "
+                                        "with `python -m fluid_lightning data shapes|shards`")
+            if missing:  # read past and counted as shard errors, like a shard that breaks mid-read
+                warnings.warn(f"{split}_urls: {len(missing)} of {len(urls)} shards do not exist (first: {missing[0]!r}); "
+                              "they will be skipped", stacklevel=2)
             if len(urls) >= self.world_size:
                 urls = urls[self.rank::self.world_size]
             elif not resampled:

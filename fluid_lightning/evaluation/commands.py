@@ -25,7 +25,7 @@ from fluid_lightning.evaluation.shapes_eval import (
     read_metadata,
     write_geneval_folder,
 )
-from fluid_lightning.pipeline import add_sampling_args, sampling_kwargs
+from fluid_lightning.pipeline import add_sampling_args, positive_int, sampling_kwargs
 
 
 def generate_samples(ckpt: str, metadata: str, out: str, per_prompt: int = 4, device: str | None = None,
@@ -154,7 +154,7 @@ def add_evaluate_commands(subparsers) -> None:
     gen.add_argument("--metadata", required=True,
                      help="GenEval prompt records, one JSON per line (evaluation_metadata.jsonl)")
     gen.add_argument("--out", required=True, help="output folder: <out>/00000/{metadata.jsonl,samples/00000.png}")
-    gen.add_argument("--per-prompt", type=int, default=4, help="images per prompt (GenEval uses 4)")
+    gen.add_argument("--per-prompt", type=positive_int, default=4, help="images per prompt (GenEval uses 4)")
     add_sampling_args(gen)
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(func=_run_generate)
@@ -173,7 +173,7 @@ def add_evaluate_commands(subparsers) -> None:
     fid.add_argument("--feature", default=None,
                      help="TorchScript FID Inception (pt_inception-2015-12-05-6726825d.pth); default: a random "
                           "conv net, not comparable to papers")
-    fid.add_argument("--num", type=int, default=None, help="use the first N captions (MS-COCO protocol: 30000)")
+    fid.add_argument("--num", type=positive_int, default=None, help="use the first N captions (MS-COCO protocol: 30000)")
     fid.add_argument("--image-size", type=int, default=None, help="compare at this size (default: the model's)")
     add_sampling_args(fid)
     fid.add_argument("--no-progress", action="store_true")
