@@ -21,9 +21,11 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import sys
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,9 +56,31 @@ def _refusal(path, err: pickle.UnpicklingError) -> UnsafeCheckpointError:
     )
 
 
+def check_torch_file(path: str | Path) -> None:
+    """A clear error for a file that ``torch.load`` cannot read at all (it would fail deep inside)."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive, and this file is "
+                         "truncated or in another format (a safetensors file must be named *.safetensors)")
+
+
+def load_module(cls: type, path: str | Path):
+    """``cls.load_from_checkpoint`` on the CPU, tensors and plain data only, with errors that say when the
+    file is not a checkpoint or holds the other kind of module (a tokenizer's where a generator's is
+    needed, or the reverse)."""
+    check_torch_file(path)
+    try:
+        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except ValueError as err:  # Lightning refuses to build a class that is not a subclass of cls
+        found = re.search(r"The class '[\w.]*?(\w+)' requested by the checkpoint", str(err))
+        if found is None:
+            raise
+        raise ValueError(f"{path} is a {found.group(1)} checkpoint; this needs a {cls.__name__} one") from err
+
+
 def safe_load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """``torch.load`` restricted to tensors and plain containers; a pickle carrying code or custom
     objects is refused with an error that names the file and the offending global."""
+    check_torch_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -321,6 +345,8 @@ def consolidate(src: str | Path, out: str | Path) -> Path:
     with the model config in its metadata. Optimiser state is left out (it is for resuming only)."""
     from safetensors.torch import save
 
+    if Path(out).suffix != ".safetensors":
+        raise ValueError(f"{out}: the consolidated file is safetensors; name it *.safetensors")
     state, meta = _read_training_checkpoint(Path(src))
     hparams = {k: v for k, v in dict(meta.get("hyper_parameters", {})).items() if not k.startswith("_")}
     if not hparams:
@@ -339,8 +365,11 @@ def load_consolidated(path: str | Path):
 
     from .lit.generator_module import GeneratorModule
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own SafetensorError
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); consolidate it again") from err
     if CONFIG_KEY not in metadata:
         raise ValueError(f"{path} has no {CONFIG_KEY!r} metadata; write it with `fluid_lightning checkpoint consolidate`")
     module = GeneratorModule.from_config(json.loads(metadata[CONFIG_KEY]))

@@ -43,7 +43,9 @@ class FluidPipeline:
             from .checkpointing import load_consolidated
 
             return load_consolidated(path).pipeline().to(device)
-        module = GeneratorModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        from .checkpointing import load_module
+
+        module = load_module(GeneratorModule, path)
         return module.pipeline().to(device)
 
     def to(self, device: str | torch.device) -> FluidPipeline:

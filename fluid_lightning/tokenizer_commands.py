@@ -52,9 +52,10 @@ def load_tokenizer(spec: str, **overrides: Any) -> AutoencoderTokenizer:
     if path.suffix == ".ckpt":
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors only: no code runs
         if "hyper_parameters" in ckpt and any(k.startswith("tokenizer.") for k in ckpt.get("state_dict", {})):
+            from .checkpointing import load_module
             from .lit.tokenizer_module import TokenizerModule
 
-            module = TokenizerModule.load_from_checkpoint(path, map_location="cpu")
+            module = load_module(TokenizerModule, path)
             return module.sampling_tokenizer
     return KLTokenizer(checkpoint=str(path), **overrides)
 
@@ -262,9 +263,10 @@ def _run_evaluate(args: argparse.Namespace) -> dict:
 
 
 def _run_export(args: argparse.Namespace) -> None:
+    from .checkpointing import load_module
     from .lit.tokenizer_module import TokenizerModule
 
-    module = TokenizerModule.load_from_checkpoint(args.ckpt, map_location="cpu")
+    module = load_module(TokenizerModule, args.ckpt)
     tokenizer = module.tokenizer if args.no_ema else module.sampling_tokenizer
     print(f"exported to {export_tokenizer(tokenizer, args.out)}")
 

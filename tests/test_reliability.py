@@ -261,6 +261,16 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
 
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path):
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, tmp_path / "good.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "good.ckpt").read_bytes()[:300])
+    for name in ("text.ckpt", "cut.ckpt"):
+        with pytest.raises(ValueError, match="is not a PyTorch checkpoint"):
+            io.load_checkpoint(tmp_path / name)
+
+
 def test_a_sharded_checkpoint_given_to_a_one_file_strategy_names_the_fix(tmp_path):
     (tmp_path / "last.ckpt").mkdir()
     with pytest.raises(IsADirectoryError, match="conf/trainer/fsdp2.yaml"):

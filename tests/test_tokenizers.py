@@ -287,6 +287,8 @@ def test_fit_export_stats_and_cache_shards_through_the_cli(tmp_path, monkeypatch
     main(["tokenizer", "evaluate", "--tokenizer", str(folder), "--shapes", "4", "--stream", "val", "--no-progress"])
     from_ckpt = load_tokenizer(str(ckpt))  # a TokenizerModule checkpoint works directly too (its EMA copy)
     assert torch.equal(from_ckpt.model.decoder.conv_out.weight, tok.model.decoder.conv_out.weight)
+    with pytest.raises(SystemExit, match="is a TokenizerModule checkpoint; this needs a GeneratorModule one"):
+        main(["sample", "--ckpt", str(ckpt), "--prompt", "x", "--out", str(tmp_path / "x")])
 
     write_shapes_shards(tmp_path / "shapes", n=6, size=32, shard_size=3, progress=False)
     main(["tokenizer", "cache", "--tokenizer", str(folder), "--shards", str(tmp_path / "shapes/train"),
