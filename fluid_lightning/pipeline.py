@@ -162,4 +162,12 @@ def sampling_kwargs(ns) -> dict:
 
 
 def default_device(device: str | None = None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, mps)") from err
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU here (torch {torch.__version__}); use --device cpu")
+    return device

@@ -36,10 +36,19 @@ Sample = tuple[str, torch.Tensor, str]  # key, image [3, S, S] in [-1, 1], capti
 
 
 # ---- tokenizers from files -----------------------------------------------------------------------
+def tokenizer_path(spec: str) -> Path:
+    """The tokenizer file or folder ``spec`` names (the shipped fluid_lightning/assets/... from any directory)."""
+    path = Path(resolve_local(spec))
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer at {spec}: give an exported or diffusers folder, an LDM/SD "
+                                ".ckpt/.safetensors file, or a TokenizerModule .ckpt")
+    return path
+
+
 def load_tokenizer(spec: str, **overrides: Any) -> AutoencoderTokenizer:
     """Tokenizer from a folder, an LDM/SD single file, or a TokenizerModule checkpoint; ``overrides``
     (image_size, group_size, ...) replace the stored constructor arguments."""
-    path = Path(resolve_local(spec))  # the shipped fluid_lightning/assets/... from any directory
+    path = tokenizer_path(spec)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if path.is_dir():
         if (path / TOKENIZER_FILE).exists():
@@ -237,7 +246,8 @@ def _tokenizer_and_plan(args: argparse.Namespace):
 
 
 def _run_stats(args: argparse.Namespace) -> dict:
-    out = args.out or (Path(args.tokenizer) / STATS_FILE if Path(args.tokenizer).is_dir() else None)
+    path = tokenizer_path(args.tokenizer)
+    out = args.out or (path / STATS_FILE if path.is_dir() else None)
     if out is None:  # checked before the work, not after it
         raise SystemExit("--out is required when the tokenizer is not a folder")
     tokenizer, plan = _tokenizer_and_plan(args)
@@ -268,7 +278,12 @@ def _run_export(args: argparse.Namespace) -> None:
 
     module = load_module(TokenizerModule, args.ckpt)
     tokenizer = module.tokenizer if args.no_ema else module.sampling_tokenizer
-    print(f"exported to {export_tokenizer(tokenizer, args.out)}")
+    out = export_tokenizer(tokenizer, args.out)
+    print(f"exported to {out}")
+    scale, shift = getattr(tokenizer, "latent_scale", None), getattr(tokenizer, "latent_shift", None)
+    if scale is not None and bool((scale == 1).all() and (shift == 0).all()):
+        print(f"its latent statistics are the identity until `python -m fluid_lightning tokenizer stats --tokenizer "
+              f"{out} --shapes 2000` (or --shards) measures them")
 
 
 def add_tokenizer_commands(subparsers) -> None:

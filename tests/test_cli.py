@@ -156,6 +156,26 @@ def test_bad_input_to_a_command_gets_one_line_naming_the_problem(tmp_path, capsy
         main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "x", "--out", str(tmp_path)])
 
 
+def test_more_bad_input_is_named_before_any_work(tmp_path, monkeypatch):
+    from fluid_lightning.evaluation.commands import read_captions
+    from fluid_lightning.pipeline import default_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: no CUDA GPU here"):
+            default_device("cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        default_device("gpu")
+    (tmp_path / "caps.jsonl").write_text("a red circle\n")
+    with pytest.raises(ValueError, match="caps.jsonl:1: not a JSON object"):
+        read_captions(str(tmp_path / "caps.jsonl"))
+    (tmp_path / "pairs.jsonl").write_text('{"img": "a.png", "text": "x"}\n')
+    with pytest.raises(SystemExit, match='pairs.jsonl:1: no "image" key'):
+        main(["data", "shards", "--from", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "shards")])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="no tokenizer at my_kll"):
+        main(["tokenizer", "stats", "--tokenizer", "my_kll", "--shapes", "4"])
+
+
 def test_top_level_help_lists_every_command(capsys):
     main(["--help"])
     out = capsys.readouterr().out

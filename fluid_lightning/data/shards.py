@@ -97,9 +97,12 @@ def iter_jsonl(jsonl: str | os.PathLike) -> Iterator[tuple[str, str | None]]:
     relative image paths are relative to the JSONL's folder."""
     base = Path(jsonl).parent
     with open(jsonl, encoding="utf-8") as fp:
-        for line in fp:
+        for number, line in enumerate(fp, 1):
             if line.strip():
                 record = json.loads(line)
+                if "image" not in record:
+                    raise ValueError(f"{jsonl}:{number}: no \"image\" key (found {sorted(record)}); each line is "
+                                     '{"image": path, "caption": text}')
                 yield str(base / record["image"]), record.get("caption")
 
 

@@ -71,8 +71,15 @@ def read_captions(path: str) -> list[str]:
     lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not path.endswith(".jsonl"):
         return [line.strip() for line in lines]
-    records = [json.loads(line) for line in lines]
-    return [r.get("caption", r.get("prompt")) for r in records]
+    captions = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON object ({err}); a .jsonl holds one "
+                             '{"caption": ...} per line, a .txt one caption per line') from err
+        captions.append(record.get("caption", record.get("prompt")))
+    return captions
 
 
 def iter_real_images(real: str, image_size: int, batch_size: int):
@@ -132,6 +139,9 @@ def fid_from_checkpoint(ckpt: str, captions: str, real: str, feature: str | None
         seen += len(images)
         if seen >= len(prompts):
             break
+    if seen < len(prompts):
+        warnings.warn(f"{seen} real images for {len(prompts)} generated ones: FID of unequal sets is biased",
+                      stacklevel=2)
     for fake in pipe.generate_batches(prompts, progress=progress, **sample_kwargs):
         if fake.shape[-1] != size:
             fake = torch.nn.functional.interpolate(fake, size=(size, size), mode="bicubic").clamp(0, 1)
@@ -143,7 +153,7 @@ def _run_fid(args: argparse.Namespace) -> float:
     value = fid_from_checkpoint(args.ckpt, args.captions, args.real, feature=args.feature, num_images=args.num,
                                 image_size=args.image_size, device=args.device, progress=not args.no_progress,
                                 **sampling_kwargs(args))
-    print(json.dumps({"fid": value, "num_images": args.num}))
+    print(json.dumps({"fid": value, "num_images": len(read_captions(args.captions)[:args.num])}))
     return value
 
 

@@ -133,7 +133,8 @@ class FluidGenerator(nn.Module):
         if not ok:
             raise ValueError(
                 f"generator expects tokens {want}, got {tuple(tokens.shape)} {tokens.dtype}; make grid_size and "
-                "token_dim/vocab_size match the tokenizer"
+                "token_dim/vocab_size match the tokenizer (cached latents: set data.init_args.image_size to the size "
+                "they were encoded at)"
             )
 
     def random_mask(self, batch: int, device, generator: torch.Generator | None = None) -> Tensor:
