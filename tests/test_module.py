@@ -122,3 +122,12 @@ def test_palette_tokenizer_round_trips_palette_colours():
     assert torch.equal(tok.encode(tok.decode(codes)), codes)
     with pytest.raises(ValueError, match="image_size"):
         tok.encode(torch.zeros(1, 3, 32, 32))
+
+
+def test_adamw8bit_without_bitsandbytes_names_the_install(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"pip install -e '.\[bnb\]'"):
+        tiny_module(optimizer="adamw8bit")

@@ -3,6 +3,7 @@ or on cached tokenizer latents, with captions encoded by a frozen text encoder."
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any, Literal
 
@@ -61,6 +62,8 @@ class GeneratorModule(Float32EMA, L.LightningModule):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if optimizer not in ("adamw", "adamw8bit"):
             raise ValueError(f"optimizer must be 'adamw' or 'adamw8bit', got {optimizer!r}")
+        if optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+            raise ImportError("optimizer=adamw8bit needs bitsandbytes: pip install -e '.[bnb]'")
         _check_compatible(generator, tokenizer, text_encoder)
         self.generator = generator
         self.tokenizer = tokenizer.requires_grad_(False).eval()
