@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 
 class PeriodicCallback(L.Callback):
@@ -24,7 +25,10 @@ class PeriodicCallback(L.Callback):
 
     def _run_once(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_step = trainer.global_step
+        name, start = type(self).__name__, time.perf_counter()
+        rank_zero_info(f"{name}: running at step {trainer.global_step} ...")  # else a silent pause of up to minutes
         self.run(trainer, pl_module)
+        rank_zero_info(f"{name}: done in {time.perf_counter() - start:.1f} s")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
