@@ -116,7 +116,7 @@ def sample_main(argv: list[str]) -> None:
         image.save(out / f"{i:04d}.png")
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
     make_grid(images, columns=ns.per_prompt if ns.per_prompt > 1 else None).save(out / "grid.png")
-    print(f"wrote {len(images)} images and grid.png to {out}")
+    print(f"wrote {len(images)} image{'' if len(images) == 1 else 's'} and grid.png to {out}")
 
 
 def params_main(argv: list[str]) -> None:
