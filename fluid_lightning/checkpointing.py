@@ -231,7 +231,6 @@ def _optimizer_state_named_by_param_groups(module: torch.nn.Module, optimizers: 
     import lightning.fabric.strategies.model_parallel as model_parallel
 
     lightning_rekey = model_parallel._rekey_optimizer_state_if_needed
-    names = {id(p): name for name, p in module.named_parameters()}
 
     def rekey(state: dict[str, Any], _module: torch.nn.Module) -> dict[str, Any]:
         groups = state["param_groups"]
@@ -242,6 +241,7 @@ def _optimizer_state_named_by_param_groups(module: torch.nn.Module, optimizers: 
         if optimizer is None:
             raise ValueError(f"the checkpoint's optimizer has parameter groups of sizes {sizes}, which no optimizer of "
                              "this run has: was it written by another model config?")
+        names = {id(p): name for name, p in module.named_parameters()}
         name_of = {i: names[id(p)] for saved, live in zip(groups, optimizer.param_groups)
                    for i, p in zip(saved["params"], live["params"])}
         return {"state": {name_of[i]: v for i, v in state["state"].items()},
