@@ -6,7 +6,11 @@ Three numbers per condition, on the evaluation suite plus `n` training-stream sc
 - renderer: images drawn from the metadata they are judged against → fraction judged correct;
 - perturbed: the same after noise, resizing or JPEG → fraction judged correct;
 - wrong: a scene drawn from a mutated spec (other colour, count ±1, opposite relation,
-  missing or swapped object/colours) → fraction judged *incorrect*.
+  missing or swapped object/colours) → fraction judged *incorrect*;
+- noise: 64 px images with no scene in them (uniform noise, grey + blurred colour noise as an
+  untrained model draws, small blurred blobs of random colours, smooth full-frame colour noise),
+  judged against every record → fraction judged *incorrect* (must be 1: noise once scored above
+  a trained model).
 Deterministic: fixed seeds throughout.
 """
 
@@ -19,7 +23,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from fluid_lightning.data.geneval import COLORS
 from fluid_lightning.data.shapes import (
@@ -45,6 +49,35 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def blobs(rng: np.random.Generator, size: int = 64, cells: int = 16, density: float = 0.5) -> Image.Image:
+    """Blurred blobs of random colours on grey: a cells×cells grid, `density` of the cells a random
+    colour at random opacity, bicubic upsampling to `size`."""
+    colors = rng.integers(0, 256, (cells, cells, 3)).astype(np.float32)
+    alpha = (rng.random((cells, cells, 1)) < density) * rng.uniform(0.5, 1, (cells, cells, 1))
+    small = 128 + alpha * (colors - 128)
+    return Image.fromarray(small.round().astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def noise_conditions(rng: np.random.Generator) -> dict:
+    """name -> () -> a 64 px image with no scene in it."""
+    def grey_noise() -> Image.Image:  # like an untrained model's samples: grey with colour speckle
+        pixels = np.clip(128 + rng.normal(0, 48, (64, 64, 3)), 0, 255).astype(np.uint8)
+        return Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(1.0))
+
+    def smooth_noise() -> Image.Image:  # random colours on an 8×8 grid, bicubic: fills the frame
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        return Image.fromarray(small).resize((64, 64), Image.Resampling.BICUBIC)
+
+    return {
+        "uniform noise": lambda: Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
+        "grey + blurred colour noise σ=48": grey_noise,
+        "blurred blobs, 4 px, 50% of cells": lambda: blobs(rng, cells=16, density=0.5),
+        "blurred blobs, 4 px, 25% of cells": lambda: blobs(rng, cells=16, density=0.25),
+        "smooth colour noise (8×8 bicubic)": smooth_noise,
+        "blurred blobs, 8 px, 50% of cells": lambda: blobs(rng, cells=8, density=0.5),
+    }
 
 
 def conditions(rng: np.random.Generator) -> dict:
@@ -116,6 +149,17 @@ def main() -> None:
         label = f"{size}px" + (f" {perturb}" if perturb else "")
         detail = ", ".join(f"{t} {c}/{n}" for t, (c, n) in by_tag.items() if c < n)
         print(f"| {label} | {caught / len(specs):.4f} ({caught}/{len(specs)}){'; misses: ' + detail if detail else ''} |")
+    print("\n| noise images, 64 px (no scene) | judged incorrect |\n|---|---|")
+    for name, make in noise_conditions(np.random.default_rng(1)).items():
+        caught, by_tag = 0, {}
+        for spec in specs:
+            hit = not evaluate_image(make(), geneval_metadata(spec))["correct"]
+            caught += hit
+            tag = by_tag.setdefault(spec.tag, [0, 0])
+            tag[0] += hit
+            tag[1] += 1
+        detail = ", ".join(f"{t} {c}/{n}" for t, (c, n) in by_tag.items() if c < n)
+        print(f"| {name} | {caught / len(specs):.4f} ({caught}/{len(specs)}){'; misses: ' + detail if detail else ''} |")
 
 
 if __name__ == "__main__":

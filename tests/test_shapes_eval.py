@@ -9,14 +9,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from fluid_lightning.data.geneval import TAGS, find_objects, label_components
 from fluid_lightning.data.shapes import SceneSpec, evaluation_suite, geneval_metadata, render_scene
 from fluid_lightning.evaluation.commands import add_evaluate_commands
 from fluid_lightning.evaluation.shapes_eval import (
+    MIN_OBJECT_FRACTION,
     evaluate_folder,
     evaluate_image,
+    find_shapes,
     format_summary,
     iter_geneval_folder,
     score_images,
@@ -34,7 +36,9 @@ def _noisy(image: Image.Image, sigma: float = 8.0, seed: int = 0) -> Image.Image
 
 
 PERTURBATIONS = {
+    "clean32": lambda spec: render_scene(spec, 32)[0],
     "clean64": lambda spec: render_scene(spec, 64)[0],
+    "clean256": lambda spec: render_scene(spec, 256)[0],
     "clean128": lambda spec: render_scene(spec, 128)[0],
     "noise64": lambda spec: _noisy(render_scene(spec, 64)[0]),
     "noise128": lambda spec: _noisy(render_scene(spec, 128)[0], seed=1),
@@ -91,9 +95,61 @@ def test_blank_and_busy_images_find_nothing_or_fail_cleanly():
     assert not judged["correct"] and judged["reason"]
 
 
-def test_touching_objects_of_different_colours_are_split():
-    from PIL import ImageDraw
+def _blobs(rng: np.random.Generator, cells: int, density: float, size: int = 64) -> Image.Image:
+    """Blurred blobs of random colours on grey (bicubic upsampling of a coarse grid)."""
+    colors = rng.integers(0, 256, (cells, cells, 3)).astype(np.float32)
+    alpha = (rng.random((cells, cells, 1)) < density) * rng.uniform(0.5, 1, (cells, cells, 1))
+    small = 128 + alpha * (colors - 128)
+    return Image.fromarray(small.round().astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
 
+
+NOISE = {  # images with no scene in them, 64 px
+    "uniform": lambda rng: Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
+    # grey with blurred colour speckle, like an untrained model's samples
+    "grey_speckle": lambda rng: Image.fromarray(np.clip(128 + rng.normal(0, 48, (64, 64, 3)), 0, 255)
+                                                .astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.0)),
+    "blobs_dense": lambda rng: _blobs(rng, cells=16, density=0.5),   # judged correct 27% before the fix
+    "blobs_sparse": lambda rng: _blobs(rng, cells=16, density=0.25),  # 43% before, 100% on single_object
+    "blobs_coarse": lambda rng: _blobs(rng, cells=8, density=0.5),    # 28% before
+    "smooth_colour": lambda rng: Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+                                      .resize((64, 64), Image.Resampling.BICUBIC),
+}
+
+
+@pytest.mark.parametrize("kind", list(NOISE))
+def test_noise_images_are_judged_incorrect_for_every_tag(kind):
+    # Noise once scored above a trained model: dozens of specks were "objects", and a prompt only
+    # asks for >= 1 circle (single object), one of each (two objects), a relation between any two.
+    rng = np.random.default_rng(0)
+    results = score_images([NOISE[kind](rng) for _ in SUITE], [geneval_metadata(s) for s in SUITE])
+    assert {r["tag"] for r in results} == set(TAGS)
+    passed = [(r["prompt"], r["objects"]) for r in results if r["correct"]]
+    assert not passed, passed
+
+
+def test_noise_is_refused_with_a_reason_and_specks_beside_a_scene_are_ignored():
+    rng = np.random.default_rng(3)
+    objects, why = find_shapes(_blobs(rng, cells=16, density=0.25))
+    assert objects == [] and why.startswith("noise: ")
+    judged = evaluate_image(_blobs(rng, cells=16, density=0.25), geneval_metadata(SUITE[0]))
+    assert not judged["correct"] and judged["reason"].startswith("noise: ")
+
+    spec = SceneSpec("single_object", (("circle", "red"),), layout_seed=1)
+    image, _, meta = render_scene(spec, 64)
+    x0, y0, x1, y1 = meta["objects"][0]["box"]
+    draw = ImageDraw.Draw(image)
+    corners = [(2, 2), (58, 2), (2, 58), (58, 58)]
+    specks = [(x, y) for x, y in corners if not (x0 - 6 <= x < x1 + 2 and y0 - 6 <= y < y1 + 2)][:3]
+    for x, y in specks:  # 4x4 specks: above the detector's floor, below the renderer's smallest object
+        draw.rectangle([x, y, x + 3, y + 3], fill=(20, 60, 220))
+    assert 16 < MIN_OBJECT_FRACTION * 64 * 64
+    assert len(find_objects(image)) == 1 + len(specks) >= 3  # the detector sees them ...
+    objects, why = find_shapes(image)  # ... the evaluator does not count them
+    assert why == "" and [(o["class"], o["color"]) for o in objects] == [("circle", "red")]
+    assert evaluate_image(image, geneval_metadata(spec))["correct"]
+
+
+def test_touching_objects_of_different_colours_are_split():
     image = Image.new("RGB", (64, 64), (128, 128, 128))
     draw = ImageDraw.Draw(image)
     draw.rectangle([10, 10, 29, 29], fill=(220, 20, 20))

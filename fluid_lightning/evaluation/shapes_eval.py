@@ -5,8 +5,10 @@ GenEval (djghosh13/geneval) reads ``DIR/<00000>/metadata.jsonl`` (one JSON recor
 detects objects, judges every image against its record and writes one JSON line per
 image; ``summary_scores.py`` then averages per tag and over tags. Here the detector is
 `fluid_lightning.data.geneval.find_objects` (background from the border, connected
-components, shape from geometry) and the judging is `evaluate_objects`, so the rules
-are the ones the renderer and its tests already share.
+components, shape from geometry) behind `find_shapes`, which drops what cannot be a
+shapes-world object and refuses noise images (GenEval's detector finds nothing
+confident in noise), and the judging is `evaluate_objects`, so the rules are the ones
+the renderer and its tests already share.
 
     results, summary = evaluate_folder("samples/", out="samples/results.jsonl")
 """
@@ -22,18 +24,71 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fluid_lightning.data.geneval import TAGS, evaluate_objects, find_objects
+from fluid_lightning.data.geneval import TAGS, estimate_background, evaluate_objects, find_objects
+from fluid_lightning.data.shapes import MAX_COUNT
 
 _SAMPLE_NAME = re.compile(r"^\d+\.png$")  # GenEval's evaluate_images.py accepts these names
+
+
+# Without these, colour noise (an untrained model's samples) scored above a trained model: the
+# detector keeps every component >= 0.15% of the image, so noise gives 20-30 specks, and a prompt
+# only asks that >= 1 of them be, e.g., a circle. Thresholds are set by what the renderer
+# (fluid_lightning/data/shapes.py) can draw; benchmarks/eval_shapes_accuracy.py measures them.
+#
+# Smallest object: a box side is >= 16% of the image (4 objects) and a triangle fills half its
+# box, 1.3% of the image; crowded layouts shrink boxes (0.97 per retry), to 0.6% at the least
+# over the benchmark's 412 scenes. Half a percent keeps all of those and drops most noise specks.
+MIN_OBJECT_FRACTION = 0.005
+# A rendered scene is background plus objects: no non-background pixel lies outside the objects'
+# boxes (renders, JPEG q90 and resized copies: < 1% of the image). In colour noise 3-20% does:
+# then the image is noise, and what was found in it is noise too.
+MAX_STRAY_FRACTION = 0.03
+# The renderer draws at most MAX_COUNT objects (GenEval counts up to 4); many more shape-sized
+# objects than that are a texture of blobs, not a scene.
+MAX_OBJECTS = 2 * MAX_COUNT
+
+
+def find_shapes(image: Image.Image | np.ndarray, min_contrast: float = 40.0) -> tuple[list[dict], str]:
+    """`find_objects`, less what cannot be a shapes-world object: (objects, why the image was
+    refused as noise, or "").
+
+    Objects smaller than `MIN_OBJECT_FRACTION` of the image are dropped. The whole image is
+    refused (no objects) when more than `MAX_OBJECTS` remain, or when more than
+    `MAX_STRAY_FRACTION` of its pixels are foreground (`find_objects`' threshold, with the pixel
+    noise from neighbour differences where that is lower) outside the remaining objects' boxes
+    (grown by a pixel for anti-aliased and blurred edges)."""
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    pixels = pixels[..., :3].astype(np.float32)
+    height, width = pixels.shape[:2]
+    objects = [obj for obj in find_objects(pixels, min_contrast=min_contrast)
+               if obj["area"] >= MIN_OBJECT_FRACTION * height * width]
+    if len(objects) > MAX_OBJECTS:
+        return [], f"noise: {len(objects)} shape-sized objects (a scene has at most {MAX_COUNT})"
+    background, sigma = estimate_background(pixels)
+    # The border's σ is the pixel noise when the border is background, as the renderer keeps it; noise
+    # blobs on the border inflate it, and with it find_objects' threshold. Neighbouring pixels differ
+    # by √2·σ of pixel noise but hardly at all inside flat backgrounds and objects: take the smaller.
+    step = np.abs(np.diff(pixels, axis=1)).ravel()
+    sigma = min(sigma, float(1.4826 * np.median(step)) / np.sqrt(2))
+    foreground = np.linalg.norm(pixels - background, axis=-1) > max(min_contrast / 2, 4.5 * sigma)
+    for x0, y0, x1, y1 in (obj["box"] for obj in objects):
+        foreground[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = False
+    stray = float(foreground.mean())
+    if stray > MAX_STRAY_FRACTION:
+        return [], f"noise: {stray:.1%} of the image is neither background nor an object"
+    return objects, ""
 
 
 def evaluate_image(image: Image.Image | np.ndarray, metadata: Mapping) -> dict:
     """Judge one image against its GenEval record.
 
     Returns {"tag", "prompt", "correct", "reason" (GenEval joins its failure reasons with
-    newlines; empty when correct), "objects" (what was found)}."""
-    objects = find_objects(image)
+    newlines; empty when correct), "objects" (what was found; none in an image refused as
+    noise, whose reason then starts with "noise: ")}."""
+    objects, noise = find_shapes(image)
     correct, reasons = evaluate_objects(metadata, objects)
+    if noise:
+        reasons.insert(0, noise)
     return {"tag": metadata.get("tag"), "prompt": metadata.get("prompt"), "correct": bool(correct),
             "reason": "\n".join(reasons), "objects": objects}
 
