@@ -26,7 +26,6 @@ _CUSTOM_COMMANDS = ("sample", "params", "data", "evaluate", "checkpoint", "token
 _LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
