@@ -54,6 +54,7 @@ def test_fid_command_with_a_torchscript_feature_net_and_both_kinds_of_real_data(
               "--real", str(real), "--feature", str(feature_file), "--num", "6", "--steps", "4", "--no-progress"])
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         values.append(result["fid"])
+        assert result["num_images"] == 6
     assert all(v > 0 and v == v for v in values)  # an untrained model is far from the real images
 
 

@@ -69,6 +69,11 @@ class ShardErrorHandler:
             yield sample
 
 
+def is_remote(url: str) -> bool:
+    """A ``pipe:`` command or a ``scheme://`` URL, not a local path."""
+    return url.startswith("pipe:") or "://" in url
+
+
 def expand_shard_urls(urls: str | list[str]) -> list[str]:
     """Expand a shard spec into a list of URLs.
 
@@ -81,7 +86,7 @@ def expand_shard_urls(urls: str | list[str]) -> list[str]:
     expanded = [u for entry in entries for u in wds.shardlists.expand_urls(str(entry))]
     result = []
     for url in expanded:
-        if url.startswith("pipe:") or "://" in url:
+        if is_remote(url):
             result.append(url)
         elif os.path.isdir(url):
             result.extend(sorted(glob.glob(os.path.join(url, "*.tar"))))

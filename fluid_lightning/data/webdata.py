@@ -41,6 +41,7 @@ from fluid_lightning.data.samples import (
     ShardErrorHandler,
     collate_latents,
     expand_shard_urls,
+    is_remote,
     shuffled,
 )
 from fluid_lightning.data.shapes import collate_images
@@ -201,7 +202,7 @@ class WebDataModule(LightningDataModule):
             urls = expand_shard_urls(spec)
             if not urls:
                 raise ValueError(f"no {split} shards match {spec!r}")
-            missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
+            missing = [u for u in urls if not is_remote(u) and not os.path.exists(u)]
             if missing and len(missing) == len(urls):
                 raise FileNotFoundError(f"{split}_urls {spec!r}: no such shards (first: {missing[0]!r}); build them "
                                         "with `python -m fluid_lightning data shapes|shards`")

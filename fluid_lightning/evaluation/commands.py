@@ -109,9 +109,9 @@ def iter_real_images(real: str, image_size: int, batch_size: int):
 
 def fid_from_checkpoint(ckpt: str, captions: str, real: str, feature: str | None = None, num_images: int | None = None,
                         image_size: int | None = None, device: str | None = None, progress: bool = True,
-                        **sample_kwargs) -> float:
-    """FID of images generated for ``captions`` against the ``real`` images (the MS-COCO 30K
-    protocol: 30K captions, 256² images). ``feature``: a TorchScript feature net (the standard FID
+                        **sample_kwargs) -> dict:
+    """{"fid", "num_images"}: FID of the images generated for ``captions`` (``num_images`` of them)
+    against the ``real`` images (the MS-COCO 30K protocol: 30K captions, 256² images). ``feature``: a TorchScript feature net (the standard FID
     Inception); without it a random conv net is used and the value is not comparable to papers."""
     import warnings
 
@@ -146,15 +146,15 @@ def fid_from_checkpoint(ckpt: str, captions: str, real: str, feature: str | None
         if fake.shape[-1] != size:
             fake = torch.nn.functional.interpolate(fake, size=(size, size), mode="bicubic").clamp(0, 1)
         metric.update(fake.to(device), real=False)
-    return float(metric.compute())
+    return {"fid": float(metric.compute()), "num_images": len(prompts)}
 
 
-def _run_fid(args: argparse.Namespace) -> float:
-    value = fid_from_checkpoint(args.ckpt, args.captions, args.real, feature=args.feature, num_images=args.num,
+def _run_fid(args: argparse.Namespace) -> dict:
+    result = fid_from_checkpoint(args.ckpt, args.captions, args.real, feature=args.feature, num_images=args.num,
                                 image_size=args.image_size, device=args.device, progress=not args.no_progress,
                                 **sampling_kwargs(args))
-    print(json.dumps({"fid": value, "num_images": len(read_captions(args.captions)[:args.num])}))
-    return value
+    print(json.dumps(result))
+    return result
 
 
 def add_evaluate_commands(subparsers) -> None:
