@@ -3,7 +3,7 @@
     python benchmarks/bench_strategies.py [--steps 8] [--width 384] [--depth 8] [--batch 4]
 
     # on a GPU machine (no downloads: T5-XXL is replaced by a random one-layer T5 of its width):
-    python benchmarks/bench_strategies.py --accelerator gpu --devices 1 --model conf/model/fluid_369m.yaml \
+    python benchmarks/bench_strategies.py --accelerator gpu --devices 1 --model conf/model/fluid.yaml conf/model/size/369m.yaml \
         --precision bf16-mixed --batch 64 --image-size 256 --stand-in-text --strategies single fsdp2
 
 Each strategy trains the same mid-size Fluid (tiny_fluid.yaml widened and deepened, 64² images,
@@ -111,9 +111,9 @@ def model_args(ns: argparse.Namespace, tmp: str) -> list[str]:
         args = ["--config", "conf/model/tiny_fluid.yaml", f"{g}.width={ns.width}", f"{g}.depth={ns.depth}",
                 f"{g}.num_heads={ns.width // 64}", f"{g}.head_width={ns.width}"]
     else:
-        args = ["--config", ns.model]
+        args = [arg for path in ns.model for arg in ("--config", path)]
     if ns.stand_in_text:  # the configured T5's width (so the aligner is unchanged), one random layer
-        generator = yaml.safe_load((ROOT / (ns.model or "conf/model/tiny_fluid.yaml")).read_text())
+        generator = yaml.safe_load((ROOT / (ns.model or ["conf/model/tiny_fluid.yaml"])[0]).read_text())
         text_dim = generator["model"]["init_args"]["generator"]["init_args"]["text_dim"]
         width = text_dim if isinstance(text_dim, int) else 64  # tiny configs interpolate it from the T5 itself
         text = Path(tmp) / "stand_in_text.yaml"
@@ -157,7 +157,8 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--accelerator", default="cpu", help="cpu or gpu")
     parser.add_argument("--devices", type=int, default=2, help="processes of the ddp and fsdp2 runs")
-    parser.add_argument("--model", help="a conf/model/*.yaml (default: tiny_fluid widened to --width x --depth)")
+    parser.add_argument("--model", nargs="+", help="conf/model/*.yaml files, composed in order (default: tiny_fluid "
+                        "widened to --width x --depth)")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--workers", type=int, help="data loader workers per process (default: 0 on CPU, 4 on GPU)")

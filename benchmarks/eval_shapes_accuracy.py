@@ -25,7 +25,6 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image, ImageFilter
 
-from fluid_lightning.data.geneval import COLORS
 from fluid_lightning.data.shapes import (
     MAX_COUNT,
     SHAPES,
@@ -35,7 +34,8 @@ from fluid_lightning.data.shapes import (
     render_scene,
     scene_spec_for_index,
 )
-from fluid_lightning.evaluation.shapes_eval import evaluate_image
+from fluid_lightning.data.vocabulary import COLORS
+from fluid_lightning.evaluation.shapes import evaluate_image
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 

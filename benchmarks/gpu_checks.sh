@@ -21,6 +21,6 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFE
   echo "== CUDA tests"
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
   echo "== 369M, single vs FSDP2, bf16-mixed"
-  timeout 330 python3 benchmarks/bench_strategies.py --accelerator gpu --devices 1 --model conf/model/fluid_369m.yaml \
+  timeout 330 python3 benchmarks/bench_strategies.py --accelerator gpu --devices 1 --model conf/model/fluid.yaml conf/model/size/369m.yaml \
     --precision bf16-mixed --batch 64 --image-size 256 --stand-in-text --strategies single fsdp2 --steps 20
 } 2>&1 | tee "$OUT/gpu_checks.log"

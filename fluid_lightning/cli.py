@@ -1,14 +1,8 @@
-"""Command line: LightningCLI for fit/validate/test/predict, plus `sample`, `params`, `data`, `evaluate`,
-`checkpoint` and `tokenizer`; `<command> --help` gives each one's options.
+"""The command line: LightningCLI for fit/validate/test/predict and one table of the other commands.
 
-    python -m fluid_lightning fit --config conf/experiment/quickstart.yaml      (also validate, test, predict)
-    python -m fluid_lightning sample --ckpt runs/.../last.ckpt --prompt "a photo of a red circle" --out runs/samples
-    python -m fluid_lightning params conf/model/*.yaml
-    python -m fluid_lightning data shapes --out data/shapes --n 20000
-    python -m fluid_lightning evaluate generate --ckpt last.ckpt --metadata evaluation_metadata.jsonl --out runs/gen
-    python -m fluid_lightning evaluate shapes --images runs/gen
-    python -m fluid_lightning checkpoint consolidate runs/.../last.ckpt runs/model.safetensors
-    python -m fluid_lightning tokenizer stats|cache|evaluate|export ...   (see tokenizer_commands.py)
+    python -m fluid_lightning fit --config conf/experiment/quickstart.yaml
+    python -m fluid_lightning sample --ckpt runs/quickstart/checkpoints/last.ckpt --prompt "a photo of a red circle" --out runs/s
+    python -m fluid_lightning <command> --help
 """
 
 from __future__ import annotations
@@ -20,10 +14,36 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import jsonargparse
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from .callbacks.progress import LineProgress
+from .callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint
+from .checkpointing import UnsafeCheckpointError, find_last_checkpoint, safe_load, upgrade_hparams
+from .commands import checkpoint, data, evaluate, params, sample, tokenizer
 from .config import register_resolvers
 
-_CUSTOM_COMMANDS = ("sample", "params", "data", "evaluate", "checkpoint", "tokenizer")
-_LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (LightningCLI: --config YAML files, then --key=value overrides)",
+    "validate": "validation loss of a checkpoint (--ckpt_path)",
+    "test": "test loss of a checkpoint (--ckpt_path)",
+    "predict": "images for every validation caption, written by a callback (see README)",
+}
+COMMANDS = {"sample": sample, "params": params, "data": data, "evaluate": evaluate, "checkpoint": checkpoint,
+            "tokenizer": tokenizer}
+
+# Every fit gets these callbacks, configured under their own keys (e.g. --checkpoint.every_n_train_steps=500);
+# a `trainer.callbacks` list in a config or on the command line adds to them instead of replacing them.
+ATOMIC_CHECKPOINT_IO = "fluid_lightning.checkpointing.AtomicCheckpointIO"  # the default trainer.plugins
+DEFAULT_CALLBACKS = {
+    "checkpoint": (ModelCheckpoint, {"save_last": True, "every_n_train_steps": 500, "enable_version_counter": False}),
+    "lr_monitor": (LearningRateMonitor, {"logging_interval": "step"}),
+    "nonfinite_guard": (NonFiniteLossGuard, {}),
+    "preemption": (PreemptionCheckpoint, {}),
+}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -32,175 +52,129 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def _fluid_cli_class():
-    from lightning.pytorch.cli import LightningCLI
-    from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+class FluidCLI(LightningCLI):
+    """LightningCLI with the project's defaults and resume fixes:
 
-    from .checkpointing import find_last_checkpoint
+    - the default callbacks above and atomic checkpoint files for every trainer config; checkpoints go to
+      ``<trainer.default_root_dir>/checkpoints`` unless ``checkpoint.dirpath`` says otherwise;
+    - ``--ckpt_path last`` also finds the last checkpoint of an earlier run; the checkpoint's config is
+      read as tensors and plain data only (one line refuses a file carrying code) and upgraded from
+      earlier versions; the model settings it replaces (Lightning rebuilds the model from it) are named;
+    - when stdout is not a terminal (a log file), progress is a plain line every 30 s, not a tqdm bar.
+    """
 
-    class FluidCLI(LightningCLI):
-        """LightningCLI with two resume fixes: ``--ckpt_path last`` also finds the last checkpoint of an
-        earlier run's version folder, and the model settings that the checkpoint's hyper-parameters
-        replace (Lightning rebuilds the model from them) are named instead of dropped silently."""
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key, (callback, defaults) in DEFAULT_CALLBACKS.items():
+            parser.add_lightning_class_args(callback, key)
+            parser.set_defaults({f"{key}.{name}": value for name, value in defaults.items()})
 
-        def parse_arguments(self, parser, args) -> None:
-            super().parse_arguments(parser, args)
-            subcommand = self.config.get("subcommand")
-            config = self.config.get(subcommand) if subcommand else None
-            if config is None or not config.get("ckpt_path"):
-                return
-            if config.ckpt_path == "last":
-                found = find_last_checkpoint(config.trainer.default_root_dir or ".")
-                if found is not None:
-                    config.ckpt_path = str(found)
-                    rank_zero_info(f"--ckpt_path last: resuming from {found}")
-            self._given_model = _flatten(config.model.as_dict()) if config.get("model") else {}
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else self.config  # (run=False: no subcommand)
+        if config.get("checkpoint") is not None and config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(Path(config.trainer.default_root_dir or ".") / "checkpoints")
+        if not config.get("ckpt_path"):
+            return
+        if config.ckpt_path == "last":
+            found = find_last_checkpoint(config.trainer.default_root_dir or ".")
+            if found is not None:
+                config.ckpt_path = str(found)
+                rank_zero_info(f"--ckpt_path last: resuming from {found}")
+        self._given_model = _flatten(config.model.as_dict()) if config.get("model") else {}
 
-        def before_instantiate_classes(self) -> None:
-            given = getattr(self, "_given_model", None)
-            if not given:
-                return
-            loaded = _flatten(self.config[self.subcommand].model.as_dict())
-            changed = [f"{key}: {given[key]!r} -> {loaded[key]!r}" for key in sorted(given.keys() & loaded.keys())
-                       if given[key] != loaded[key]]
-            if changed:
-                rank_zero_warn("--ckpt_path: the model is rebuilt from the checkpoint's hyper-parameters, which "
-                               f"replace these given settings: {'; '.join(changed)}")
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's, with a safe load that refuses code in one line and today's names for old configs."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = upgrade_hparams(safe_load(ckpt_path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
-    return FluidCLI
+    def before_instantiate_classes(self) -> None:
+        given = getattr(self, "_given_model", None)
+        if not given:
+            return
+        loaded = _flatten(self.config[self.subcommand].model.as_dict())
+        changed = [f"{key}: {given[key]!r} -> {loaded[key]!r}" for key in sorted(given.keys() & loaded.keys())
+                   if given[key] != loaded[key]]
+        if changed:
+            rank_zero_warn("--ckpt_path: the model is rebuilt from the checkpoint's hyper-parameters, which "
+                           f"replace these given settings: {'; '.join(changed)}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        # Lightning refuses a ModelCheckpoint without checkpointing, and a LearningRateMonitor without a logger.
+        if trainer_config.get("enable_checkpointing") is False:
+            extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
+        if trainer_config.get("logger") is False:
+            extra = [c for c in extra if not isinstance(c, LearningRateMonitor)]
+        given = trainer_config.get("callbacks") or []
+        has_bar = any(isinstance(c, ProgressBar) for c in (given if isinstance(given, list) else [given]))
+        if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False and not has_bar:
+            extra.append(LineProgress())
+        return self._instantiate_trainer({**trainer_config, **kwargs}, extra)
 
 
-def lightning_cli(args: list[str] | None = None, run: bool = True):
-    import jsonargparse
-    import lightning as L
-
+def lightning_cli(args: list[str] | None = None, run: bool = True) -> FluidCLI:
     jsonargparse.set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     register_resolvers()
     # Frozen parts (text encoder, tokenizer, EMA copy) stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # omegaconf+ resolves ${...} after command-line overrides, so interpolations follow them.
-    return _fluid_cli_class()(
+    return FluidCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"default_root_dir": "runs"},
+        trainer_defaults={"default_root_dir": "runs", "plugins": [{"class_path": ATOMIC_CHECKPOINT_IO}]},
         args=args,
         run=run,
     )
 
 
-def sample_main(argv: list[str]) -> None:
-    from .pipeline import add_sampling_args, positive_int
-
-    parser = argparse.ArgumentParser(prog="fluid_lightning sample", description="Generate images from a checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit` (.ckpt) or a consolidated .safetensors")
-    parser.add_argument("--prompt", action="append", required=True, help="a caption; repeat for several")
-    parser.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
-    parser.add_argument("--per-prompt", type=positive_int, default=1, help="images per prompt")
-    add_sampling_args(parser)
-    ns = parser.parse_args(argv)
-
-    from .pipeline import FluidPipeline, default_device, make_grid, sampling_kwargs, to_pil
-
-    pipe = FluidPipeline.from_checkpoint(ns.ckpt, device=default_device(ns.device))
-    prompts = [p for p in ns.prompt for _ in range(ns.per_prompt)]
-    out = Path(ns.out)
-    out.mkdir(parents=True, exist_ok=True)
-    batches = pipe.generate_batches(prompts, progress=True, **sampling_kwargs(ns))
-    images = [image for batch in batches for image in to_pil(batch)]
-    for i, image in enumerate(images):
-        image.save(out / f"{i:04d}.png")
-    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    make_grid(images, columns=ns.per_prompt if ns.per_prompt > 1 else None).save(out / "grid.png")
-    print(f"wrote {len(images)} image{'' if len(images) == 1 else 's'} and grid.png to {out}")
-
-
-def params_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="fluid_lightning params", description="Parameter counts of model configs, built on the meta device."
-    )
-    parser.add_argument("configs", nargs="+", help="YAML files with model.init_args.generator")
-    parser.add_argument(
-        "--with", dest="base", action="append", default=[], help="config merged under each one (e.g. the data config)"
-    )
-    ns = parser.parse_args(argv)
-    from .models.summary import generator_param_counts, load_generator_config
-
-    print(f"{'config':<40} {'transformer':>12} {'aligner':>10} {'head':>10} {'total':>12}")
-    for path in ns.configs:
-        try:
-            counts = generator_param_counts(load_generator_config(path, ns.base))
-        except (ValueError, OSError) as err:
-            parser.error(str(err))
-        print(
-            f"{path:<40} {_human(counts['transformer']):>12} {_human(counts['aligner']):>10} "
-            f"{_human(counts['head']):>10} {_human(counts['total']):>12}"
-        )
-
-
-def data_main(argv: list[str]) -> None:
-    from .data.commands import add_data_commands
-
-    parser = argparse.ArgumentParser(prog="fluid_lightning data", description="Build datasets.")
-    add_data_commands(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args(argv)
-    ns.func(ns)
-
-
-def evaluate_main(argv: list[str]) -> None:
-    from .evaluation.commands import add_evaluate_commands
-
-    parser = argparse.ArgumentParser(prog="fluid_lightning evaluate", description="Generate and score images.")
-    add_evaluate_commands(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args(argv)
-    ns.func(ns)
-
-
-def checkpoint_main(argv: list[str]) -> None:
-    from .checkpointing import consolidate_main
-
-    consolidate_main(argv)
-
-
-def tokenizer_main(argv: list[str]) -> None:
-    from .tokenizer_commands import add_tokenizer_commands
-
-    parser = argparse.ArgumentParser(prog="fluid_lightning tokenizer", description="Tokenizer statistics, latent caching, export.")
-    add_tokenizer_commands(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args(argv)
-    ns.func(ns)
-
-
-def _human(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}" if unit != "K" else f"{n / size:.0f}{unit}"
-    return str(n)
+def usage() -> str:
+    width = max(map(len, [*LIGHTNING_COMMANDS, *COMMANDS]))
+    lines = [__doc__.strip(), "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {module.HELP}" for name, module in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # a log file shows lines as they are printed
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print(usage())
         return
-    if argv[0] in _CUSTOM_COMMANDS:
-        commands = {"sample": sample_main, "params": params_main, "data": data_main, "evaluate": evaluate_main,
-                    "checkpoint": checkpoint_main, "tokenizer": tokenizer_main}
-        try:
-            commands[argv[0]](argv[1:])
-        except (OSError, ValueError) as err:  # bad input: the message names the fix; the traceback adds nothing
-            if os.environ.get("FLUID_LIGHTNING_TRACEBACK"):
-                raise
-            sys.exit(f"fluid_lightning {argv[0]}: error: {err}")
-        return
-    if not argv[0].startswith("-") and argv[0] not in _LIGHTNING_COMMANDS:
-        sys.exit(f"fluid_lightning: unknown command {argv[0]!r}; choose from "
-                 f"{', '.join(_LIGHTNING_COMMANDS + _CUSTOM_COMMANDS)} (--help lists what each does)")
-    lightning_cli(None if args is None else argv)
+    name = argv[0]
+    if not name.startswith("-") and name not in LIGHTNING_COMMANDS and name not in COMMANDS:
+        sys.exit(f"fluid_lightning: unknown command {name!r}; choose from "
+                 f"{', '.join([*LIGHTNING_COMMANDS, *COMMANDS])} (--help lists what each does)")
+    try:
+        if name in COMMANDS:
+            parser = argparse.ArgumentParser(prog=f"fluid_lightning {name}", description=COMMANDS[name].HELP)
+            COMMANDS[name].add_arguments(parser)
+            ns = parser.parse_args(argv[1:])
+            ns.run(ns)
+        else:
+            lightning_cli(None if args is None else argv)
+    except (OSError, ValueError) as err:  # bad input: the message names the fix; the traceback adds nothing
+        if os.environ.get("FLUID_LIGHTNING_TRACEBACK") or (name not in COMMANDS and not isinstance(
+                err, UnsafeCheckpointError)):
+            raise
+        sys.exit(f"fluid_lightning {name}: error: {err}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from tiny import TINY_T5  # noqa: E402
 
-from fluid_lightning.models import FrozenT5  # noqa: E402
+from fluid_lightning.models import T5TextEncoder  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -21,9 +21,9 @@ def one_thread():
 
 
 @pytest.fixture
-def tiny_t5() -> FrozenT5:
+def tiny_t5() -> T5TextEncoder:
     torch.manual_seed(0)
-    return FrozenT5(config=TINY_T5, max_length=32)
+    return T5TextEncoder(config=TINY_T5, max_length=32)
 
 
 @pytest.fixture

@@ -12,23 +12,22 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from tiny import TINY_T5, tiny_generator
+from tiny import CONF, ROOT, tiny_generator, tiny_module
 
 from fluid_lightning.callbacks import Throughput
+from fluid_lightning.checkpointing import safe_load
 from fluid_lightning.data.shapes import ShapesDataModule
-from fluid_lightning.lit.generator_module import GeneratorModule
-from fluid_lightning.models import FrozenT5, PixelPatchTokenizer
+from fluid_lightning.sampling import SamplingSettings
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_cpu_generator_drives_cuda_sampling_like_on_the_cpu(text):
     torch.manual_seed(0)
     gen = tiny_generator(grid_size=4).eval()
     emb, mask = text
-    on_cpu = gen.sample(emb, mask, num_steps=4, cfg=2.0, generator=torch.Generator().manual_seed(0))
-    on_gpu = gen.cuda().sample(emb.cuda(), mask.cuda(), num_steps=4, cfg=2.0, generator=torch.Generator().manual_seed(0))
+    on_cpu = gen.sample(emb, mask, num_steps=4, cfg=2.0, rng=torch.Generator().manual_seed(0))
+    on_gpu = gen.cuda().sample(emb.cuda(), mask.cuda(), num_steps=4, cfg=2.0, rng=torch.Generator().manual_seed(0))
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-3)
 
@@ -43,9 +42,7 @@ class Record(L.Callback):
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_bf16_training_on_cuda_keeps_a_float32_ema_samples_and_reports_mfu(precision, tmp_path):
-    torch.manual_seed(0)
-    module = GeneratorModule(tiny_generator(grid_size=4, token_dim=192), PixelPatchTokenizer(image_size=32, patch_size=8),
-                             FrozenT5(config=TINY_T5, max_length=16), lr=1e-3, ema_decay=0.9999)
+    module = tiny_module(ema_decay=0.9999)
     record = Record()
     trainer = L.Trainer(accelerator="gpu", devices=1, precision=precision, max_steps=6, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
@@ -55,7 +52,7 @@ def test_bf16_training_on_cuda_keeps_a_float32_ema_samples_and_reports_mfu(preci
     assert all(torch.isfinite(torch.tensor(losses)))
     assert {p.dtype for p in module.ema.parameters()} == {torch.float32}
     assert 0 < record.metrics[-1]["throughput/mfu"] < 1  # the GPU's peak was found
-    images = module.log_images(["a photo of a red circle"], num_steps=2)
+    images = module.log_images({"caption": ["a photo of a red circle"]}, SamplingSettings(steps=2))["samples"]
     assert images.device.type == "cuda" and torch.isfinite(images).all()
 
 
@@ -63,8 +60,8 @@ def test_fsdp2_over_nccl_with_compiled_checkpointed_blocks_fits_and_resumes(tmp_
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
 
     def fit(root: Path, steps: int, *extra: str) -> str:
-        args = [sys.executable, "-m", "fluid_lightning", "fit", "--config", "conf/trainer/fsdp2.yaml",
-                "--config", "conf/data/shapes.yaml", "--config", "conf/model/tiny_fluid.yaml",
+        args = [sys.executable, "-m", "fluid_lightning", "fit", "--config", str(CONF / "trainer/fsdp2.yaml"),
+                "--config", str(CONF / "data/shapes.yaml"), "--config", str(CONF / "model/tiny_fluid.yaml"),
                 "--trainer.accelerator=gpu", "--trainer.devices=1", f"--trainer.max_steps={steps}",
                 "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
                 "--model.init_args.compile=true", "--model.init_args.activation_checkpointing=true",
@@ -77,6 +74,4 @@ def test_fsdp2_over_nccl_with_compiled_checkpointed_blocks_fits_and_resumes(tmp_
     checkpoint = next((tmp_path / "a").rglob("last.ckpt"))
     log = fit(tmp_path / "b", 5, "--ckpt_path", str(checkpoint))
     assert "Restored all states" in log
-    from fluid_lightning.checkpointing import safe_load
-
     assert safe_load(next((tmp_path / "b").rglob("last.ckpt")) / "meta.pt")["global_step"] == 5

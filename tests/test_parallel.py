@@ -19,10 +19,11 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
-from tiny import TINY_T5, tiny_generator
+from tiny import TINY_T5, kl_tokenizer, tiny_generator, vq_tokenizer
 
-from fluid_lightning.models import FrozenT5
+from fluid_lightning.models import T5TextEncoder
 from fluid_lightning.parallel import gathered, is_sharded, parallelize
+from fluid_lightning.sampling import SamplingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -61,7 +62,7 @@ def one_process_group():
 
 def tiny_batch(b: int = 4, seed: int = 0):
     torch.manual_seed(seed)
-    t5 = FrozenT5(config=TINY_T5, max_length=16)
+    t5 = T5TextEncoder(config=TINY_T5, max_length=16)
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(b, 16, 6, generator=g)
     captions = [f"a photo of {i} red circles" for i in range(b)]
@@ -79,7 +80,7 @@ def test_parallelize_shards_every_block_keeps_names_and_trains(one_process_group
     assert [n for n, _ in generator.named_parameters()] == [n for n, _ in reference.named_parameters()]
     assert all(type(b).__name__.startswith("FSDP") for b in [*generator.blocks, *generator.text.blocks])
     tokens, text, mask = tiny_batch()
-    losses = [m(tokens, text, mask, generator=torch.Generator().manual_seed(1)) for m in (generator, reference)]
+    losses = [m(tokens, text, mask, rng=torch.Generator().manual_seed(1)) for m in (generator, reference)]
     torch.testing.assert_close(losses[0], losses[1])
     losses[0].backward()
     losses[1].backward()
@@ -87,7 +88,7 @@ def test_parallelize_shards_every_block_keeps_names_and_trains(one_process_group
         # Every parameter gets a gradient (the null condition a zero one when no caption was dropped).
         torch.testing.assert_close(p.grad.full_tensor(), q.grad, msg=name)
     with gathered(generator):  # sampling bypasses forward: the root must be gathered explicitly
-        out = generator.sample(text[:2], mask[:2], num_steps=2, cfg=2.0, generator=torch.Generator().manual_seed(0))
+        out = generator.sample(text[:2], mask[:2], num_steps=2, cfg=2.0, rng=torch.Generator().manual_seed(0))
     assert out.shape == (2, 16, 6) and torch.isfinite(out).all()
 
 
@@ -97,7 +98,7 @@ def test_sharded_ema_update_and_adamw8bit_refusal(one_process_group):
 
     torch.manual_seed(0)
     module = GeneratorModule(tiny_generator(grid_size=4, token_dim=48), PixelPatchTokenizer(image_size=16, patch_size=4),
-                             FrozenT5(config=TINY_T5), ema_decay=0.9, optimizer="adamw8bit")
+                             T5TextEncoder(config=TINY_T5), ema_decay=0.9, optimizer="adamw8bit")
     module._device_mesh = dist.device_mesh.init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
     module.configure_model()
     module.configure_model()  # idempotent: Lightning may call it again
@@ -119,39 +120,37 @@ def test_shard_text_encoder_switch(one_process_group):
 
     torch.manual_seed(0)
     module = GeneratorModule(tiny_generator(grid_size=4, token_dim=48), PixelPatchTokenizer(image_size=16, patch_size=4),
-                             FrozenT5(config=TINY_T5), shard_text_encoder=True)
+                             T5TextEncoder(config=TINY_T5), shard_text_encoder=True)
     expected = module.text_encoder(["a photo of a red circle"])[0]
     module._device_mesh = dist.device_mesh.init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
     module.configure_model()
     assert is_sharded(module.text_encoder)
     torch.testing.assert_close(module.text_encoder(["a photo of a red circle"])[0], expected)
-    images = module.log_images(["a photo of a red circle"], num_steps=2, cfg=2.0)  # sampling through FSDP2
+    images = module.log_images({"caption": ["a photo of a red circle"]}, SamplingSettings(steps=2, cfg=2.0))["samples"]
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
 
 
 @pytest.mark.parametrize("kind", ["kl", "vq"])
 def test_shard_tokenizer_switch(one_process_group, kind):
-    from test_tokenizers import kl_tokenizer, vq_tokenizer
-
     from fluid_lightning.lit.generator_module import GeneratorModule
     from fluid_lightning.models import PixelPatchTokenizer
 
     tokenizer = kl_tokenizer() if kind == "kl" else vq_tokenizer()
     discrete = kind == "vq"
-    generator = tiny_generator(tokens="discrete" if discrete else "continuous", grid_size=tokenizer.grid_size,
+    generator = tiny_generator("discrete" if discrete else "continuous", grid_size=tokenizer.grid_size,
                                token_dim=tokenizer.token_dim, vocab_size=getattr(tokenizer, "vocab_size", 11))
-    module = GeneratorModule(generator, tokenizer, FrozenT5(config=TINY_T5), shard_tokenizer=True)
+    module = GeneratorModule(generator, tokenizer, T5TextEncoder(config=TINY_T5), shard_tokenizer=True)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     expected = module.tokenizer.encode(images)
     module._device_mesh = dist.device_mesh.init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
     module.configure_model()
     assert is_sharded(module.tokenizer.model)
     torch.testing.assert_close(module.tokenizer.encode(images), expected)
-    samples = module.log_images(["a photo of a red circle"], num_steps=2, cfg=2.0)  # decoding through FSDP2
+    samples = module.log_images({"caption": ["a photo of a red circle"]}, SamplingSettings(steps=2, cfg=2.0))["samples"]
     assert samples.shape == (1, 3, 32, 32) and torch.isfinite(samples).all()
 
     pixels = GeneratorModule(tiny_generator(grid_size=4, token_dim=48), PixelPatchTokenizer(image_size=16, patch_size=4),
-                             FrozenT5(config=TINY_T5), shard_tokenizer=True)
+                             T5TextEncoder(config=TINY_T5), shard_tokenizer=True)
     pixels._device_mesh = module._device_mesh
     with pytest.raises(ValueError, match="no weights to shard"):
         pixels.configure_model()
@@ -163,7 +162,7 @@ def test_compiled_blocks_give_the_eager_loss():
     reference = tiny_generator()
     compiled = parallelize(copy.deepcopy(reference), compile=True, activation_checkpointing=True)
     tokens, text, mask = tiny_batch()
-    losses = [m(tokens, text, mask, generator=torch.Generator().manual_seed(1)) for m in (compiled, reference)]
+    losses = [m(tokens, text, mask, rng=torch.Generator().manual_seed(1)) for m in (compiled, reference)]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-5)
     losses[0].backward()
     assert all(p.grad is not None for p in compiled.blocks.parameters())
@@ -188,14 +187,14 @@ def _equivalence_worker(out: str) -> None:
         tokens, text, mask = tiny_batch(b=4 * world, seed=step)
         halves = [x.chunk(world) for x in (tokens, text, mask)]
         gens = [torch.Generator().manual_seed(100 * step + r) for r in range(world)]
-        loss = sharded(halves[0][rank], halves[1][rank], halves[2][rank], generator=gens[rank])
+        loss = sharded(halves[0][rank], halves[1][rank], halves[2][rank], rng=gens[rank])
         loss.backward()
         opt.step()
         opt.zero_grad()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
         gens = [torch.Generator().manual_seed(100 * step + r) for r in range(world)]
-        ref = sum(reference(halves[0][r], halves[1][r], halves[2][r], generator=gens[r]) for r in range(world)) / world
+        ref = sum(reference(halves[0][r], halves[1][r], halves[2][r], rng=gens[r]) for r in range(world)) / world
         ref.backward()
         opt_ref.step()
         opt_ref.zero_grad()
@@ -318,7 +317,7 @@ def test_fsdp2_checkpoint_from_two_processes_resumes_in_one_and_consolidates(tmp
     main(["checkpoint", "consolidate", str(resumed), str(tmp_path / "model.safetensors")])
     single = tmp_path / "model.safetensors"
     pipe = FluidPipeline.from_checkpoint(single)
-    images = pipe.generate(["a photo of a red circle"], num_steps=4, cfg=2.0, seed=0)
+    images = pipe.generate(["a photo of a red circle"], steps=4, cfg=2.0, seed=0)
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
     with pytest.raises(IsADirectoryError, match="checkpoint consolidate"):
         FluidPipeline.from_checkpoint(resumed)

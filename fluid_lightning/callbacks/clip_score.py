@@ -9,38 +9,32 @@ network lives in the callback, never inside the (possibly sharded) module.
 from __future__ import annotations
 
 import lightning as L
-import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from fluid_lightning.evaluation.clip import clip_score_update, make_clip_score
-
-from .periodic import PeriodicCallback, publish_metrics, val_loader
+from ..evaluation.clip import clip_score_update, make_clip_score
+from ..sampling import SamplingSettings
+from .periodic import ImageCallback, publish_metrics, val_loader
 
 
-class CLIPScoreCallback(PeriodicCallback):
+class CLIPScoreCallback(ImageCallback):
     def __init__(self, model: str, prompts: list[str] | None = None, num_images: int = 64,
-                 every_n_steps: int = 1000, on_fit_end: bool = True, batch_size: int = 32, num_steps: int = 32,
-                 cfg: float = 3.0, temperature: float = 1.0, seed: int = 0, strict: bool = False):
+                 every_n_steps: int = 1000, on_fit_end: bool = True, sampling: SamplingSettings | None = None,
+                 batch_size: int = 32, strict: bool = False):
         """``model``: a local folder or hub id of a Hugging Face CLIP (e.g. a save_pretrained() of
         openai/clip-vit-large-patch14). If it cannot be loaded, the callback says so once and the
         run goes on without it — or, with ``strict=True``, the run refuses to start."""
-        super().__init__(every_n_steps, on_fit_end)
-        self.model, self.prompts, self.num_images = model, prompts, num_images
-        self.batch_size, self.seed, self.strict = batch_size, seed, strict
-        self.sample_kwargs = {"num_steps": num_steps, "cfg": cfg, "temperature": temperature}
+        super().__init__(every_n_steps, on_fit_end, sampling, batch_size)
+        self.model, self.prompts, self.num_images, self.strict = model, prompts, num_images, strict
         self.metric = None
-        self._disabled = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.metric is not None or self._disabled or stage != "fit":
+        if self.metric is not None or self.off_because is not None or stage != "fit":
             return
         try:
             self.metric = make_clip_score(self.model)
         except OSError as err:
             if self.strict:
                 raise
-            rank_zero_warn(f"CLIPScoreCallback is off: {err}. Training continues without CLIP score.")
-            self._disabled = True
+            self.switch_off(str(err))
 
     def _captions(self, trainer: L.Trainer) -> list[str]:
         if self.prompts is None:
@@ -50,20 +44,20 @@ class CLIPScoreCallback(PeriodicCallback):
                 if len(self.prompts) >= self.num_images:
                     break
             if not self.prompts:
-                rank_zero_warn("CLIPScoreCallback is off: no prompts given and no validation captions found.")
-                self._disabled = True
+                self.switch_off("no prompts given and no validation captions found")
         return self.prompts
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
-        if self._disabled or not self._captions(trainer):
+        prompts = self._captions(trainer)
+        if not prompts:
+            return None
+        images = self.prompt_images(pl_module, prompts)
+        if self.off_because is not None:
             return None
         metric = self.metric.to(pl_module.device)
         metric.reset()
-        generator = torch.Generator(pl_module.device).manual_seed(self.seed)
-        for start in range(0, len(self.prompts), self.batch_size):
-            prompts = self.prompts[start : start + self.batch_size]
-            images = pl_module.log_images(prompts, generator=generator, **self.sample_kwargs)
-            clip_score_update(metric, images, prompts)
+        for start in range(0, len(prompts), self.batch_size):
+            clip_score_update(metric, images[start : start + self.batch_size], prompts[start : start + self.batch_size])
         value = float(metric.compute())
         publish_metrics(trainer, {"val/clip_score": value}, trainer.global_step)
         return value

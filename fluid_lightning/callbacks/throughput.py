@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 # Dense bf16 peaks (no 2:4 sparsity), from NVIDIA's datasheets; the first key found in the device name
@@ -36,8 +37,6 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
         for key, flops in DENSE_BF16_PEAK_FLOPS.items():
             if key in name:
                 return flops
-    from lightning.fabric.utilities.throughput import get_available_flops
-
     return get_available_flops(device, torch.bfloat16 if bf16 else torch.float32)
 
 
@@ -78,7 +77,7 @@ class Throughput(L.Callback):
         self._sync(pl_module)  # CUDA runs asynchronously: time finished work, not queued work
         now = time.perf_counter()
         self._times.append(now - self._last)
-        self._images.append(_batch_size(batch))
+        self._images.append(batch_size_of(batch))
         self._last = now
         seconds = sum(self._times)
         if seconds <= 0:
@@ -101,7 +100,7 @@ class Throughput(L.Callback):
             torch.cuda.synchronize(pl_module.device)
 
 
-def _batch_size(batch: Any) -> int:
+def batch_size_of(batch: Any) -> int:
     if isinstance(batch, dict):
         for key in ("image", "latent"):
             if key in batch:
@@ -110,4 +109,4 @@ def _batch_size(batch: Any) -> int:
             return len(batch["caption"])
     if isinstance(batch, (list, tuple)) and batch and hasattr(batch[0], "shape"):
         return int(batch[0].shape[0])
-    raise ValueError("Throughput: cannot tell the batch size; batches should hold 'image' or 'latent'")
+    raise ValueError("cannot tell the batch size; batches should hold 'image' or 'latent'")

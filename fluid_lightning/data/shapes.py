@@ -20,7 +20,8 @@ from lightning import LightningDataModule
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
-from fluid_lightning.data.geneval import (
+from .resumable import ResumableDataLoader, ResumableSampler, resolve_rank
+from .vocabulary import (
     COLORS,
     NUMBER_WORDS,
     RELATIONS,
@@ -29,7 +30,6 @@ from fluid_lightning.data.geneval import (
     relative_position,
     with_article,
 )
-from fluid_lightning.data.resumable import ResumableDataLoader, ResumableSampler, resolve_rank
 
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (128, 128, 128)

@@ -1,32 +1,34 @@
 """GeneratorModule: trains a FluidGenerator on images (tokenized on the fly by a frozen tokenizer)
-or on cached tokenizer latents, with captions encoded by a frozen text encoder."""
+or on cached tokenizer latents, with captions encoded by a T5 text encoder (frozen unless asked)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from typing import Any, Literal
 
-import lightning as L
 import torch
-from lightning.pytorch.cli import instantiate_module
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters, _given_hyperparameters_context
 from torch import Tensor, nn
 
 from ..models.generator import FluidGenerator
-from ..models.text import FrozenT5
+from ..models.text import T5TextEncoder
 from ..models.tokenizers import ImageTokenizer
-from .ema import Float32EMA, make_ema, update_ema
+from ..parallel import gathered, is_sharded, parallelize, shard_text_encoder, shard_tokenizer
+from ..sampling import SamplingSettings, generate_images
+from .base import ModuleBase
+from .ema import make_ema, update_ema
+from .rng_state import capture_rank_rng_states, restore_rank_rng_state, seed_rank
 
-_SUBMODULES = ["generator", "tokenizer", "text_encoder"]
 
+class GeneratorModule(ModuleBase):
+    SUBMODULES = ("generator", "tokenizer", "text_encoder")
 
-class GeneratorModule(Float32EMA, L.LightningModule):
     def __init__(
         self,
         generator: FluidGenerator,
         tokenizer: ImageTokenizer,
-        text_encoder: FrozenT5,
+        text_encoder: T5TextEncoder,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.02,
@@ -34,9 +36,7 @@ class GeneratorModule(Float32EMA, L.LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         min_lr_ratio: float = 0.0,
         ema_decay: float | None = 0.9999,
-        sample_steps: int = 64,
-        sample_cfg: float = 3.0,
-        sample_temperature: float = 1.0,
+        sampling: SamplingSettings = SamplingSettings(),  # noqa: B008 (frozen: a shared default is safe)
         optimizer: Literal["adamw", "adamw8bit"] = "adamw",
         activation_checkpointing: bool = False,
         compile: bool = False,
@@ -46,7 +46,8 @@ class GeneratorModule(Float32EMA, L.LightningModule):
         """``lr`` is absolute (MAR: 1e-4 × global_batch / 256). Weight decay skips biases, norms,
         embeddings and learned tokens. ``ema_decay=None`` turns the EMA copy off; otherwise its
         decay ramps up as min(ema_decay, (1+t)/(10+t)) so short runs still get a useful average.
-        ``sample_*`` are the sampling settings of ``predict`` and the defaults of ``log_images``.
+        ``sampling``: how ``predict``, ``log_images`` and the pipeline built from this module sample,
+        unless a caller passes its own settings.
 
         Scaling switches (applied in ``configure_model`` by ``fluid_lightning.parallel.parallelize``):
         ``activation_checkpointing`` recomputes each block in backward; ``compile`` compiles each
@@ -54,10 +55,10 @@ class GeneratorModule(Float32EMA, L.LightningModule):
         ``shard_text_encoder`` / ``shard_tokenizer`` also shard the frozen T5 / VAE. ``optimizer="adamw8bit"`` uses bitsandbytes'
         ``AdamW8bit`` (single process or DDP only: it cannot step FSDP2's DTensor parameters)."""
         super().__init__()
-        # Built from a config (LightningCLI or from_config): the nested configs are plain dicts and
-        # rebuild the model on load. Built from objects: they are not pickled into the checkpoint.
-        from_config = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if from_config else _SUBMODULES)
+        self.save_hyperparameters(ignore=self.unsaved_arguments())
+        if isinstance(self.hparams.get("sampling"), SamplingSettings):  # plain data in checkpoints, never objects
+            self.hparams["sampling"] = dataclasses.asdict(sampling)
+        self.sampling = sampling if isinstance(sampling, SamplingSettings) else SamplingSettings(**sampling)
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if optimizer not in ("adamw", "adamw8bit"):
@@ -68,18 +69,11 @@ class GeneratorModule(Float32EMA, L.LightningModule):
         self.generator = generator
         self.tokenizer = tokenizer.requires_grad_(False).eval()
         self.text_encoder = text_encoder
-        self.ema = make_ema(generator) if ema_decay else None  # float32 whatever the precision (lit/ema.py)
+        self.ema = make_ema(generator) if ema_decay else None  # float32 whatever the precision (lit/base.py)
         self._parallelized = False
         # Steps skipped because the loss was NaN/inf (all ranks agree); read by NonFiniteLossGuard.
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> GeneratorModule:
-        """Build from the ``model.init_args`` part of a YAML config (class_path dicts inside), so that
-        checkpoints of the result load with ``load_from_checkpoint`` like CLI-made ones."""
-        with _given_hyperparameters_context(hparams=config, instantiator="lightning.pytorch.cli.instantiate_module"):
-            return instantiate_module(cls, config)
 
     def train(self, mode: bool = True) -> GeneratorModule:
         super().train(mode)
@@ -101,8 +95,6 @@ class GeneratorModule(Float32EMA, L.LightningModule):
         if self._parallelized:  # Lightning may call this more than once (e.g. fit then validate)
             return
         self._parallelized = True
-        from ..parallel import parallelize, shard_text_encoder, shard_tokenizer
-
         mesh = self.device_mesh["data_parallel"] if self.device_mesh is not None else None
         hp = self.hparams
         parallelize(self.generator, mesh, activation_checkpointing=hp.activation_checkpointing, compile=hp.compile)
@@ -157,7 +149,8 @@ class GeneratorModule(Float32EMA, L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Images for the batch's captions; the seed depends on batch and rank, so reruns repeat."""
         seed = batch_idx * self.trainer.world_size + self.trainer.global_rank
-        return {"images": self.log_images(batch["caption"], seed=seed), "caption": list(batch["caption"])}
+        images = self.log_images(batch, self.sampling.replace(seed=seed))["samples"]
+        return {"images": images, "caption": list(batch["caption"])}
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -171,20 +164,14 @@ class GeneratorModule(Float32EMA, L.LightningModule):
         update_ema(self.ema, self.generator, step, self.hparams.ema_decay)
 
     def setup(self, stage: str) -> None:
-        from ..checkpointing import seed_rank
-
         seed_rank(self.trainer.global_rank)  # before any restore: a resumed run then takes its saved streams
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from ..checkpointing import capture_rank_rng_states
-
         # Lightning saves no RNG state; every rank's goes in, so a resumed run continues each stream.
         checkpoint["rng_states"] = capture_rank_rng_states()
         checkpoint["nonfinite_total"] = self.nonfinite_total
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from ..checkpointing import restore_rank_rng_state
-
         self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
         restore_rank_rng_state(checkpoint, rank, world_size)
@@ -200,8 +187,6 @@ class GeneratorModule(Float32EMA, L.LightningModule):
         hp = self.hparams
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if hp.optimizer == "adamw8bit":
-            from ..parallel import is_sharded
-
             if is_sharded(self.generator):
                 raise ValueError("optimizer=adamw8bit cannot step FSDP2 (DTensor) parameters; use optimizer=adamw or DDP")
             import bitsandbytes as bnb
@@ -214,21 +199,16 @@ class GeneratorModule(Float32EMA, L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ---- for callbacks and the pipeline --------------------------------------------------------
-    def pipeline(self):
-        from ..pipeline import FluidPipeline
-
-        return FluidPipeline(self.sampling_generator, self.tokenizer, self.text_encoder)
-
+    # ---- for callbacks -------------------------------------------------------------------------
     @torch.no_grad()
-    def log_images(self, prompts: list[str], **sample_kwargs: Any) -> Tensor:
-        """Images [B, 3, H, W] in [0, 1] for the prompts, sampled with the EMA weights."""
-        from ..parallel import gathered
-
-        hp = self.hparams
-        defaults = {"num_steps": hp.sample_steps, "cfg": hp.sample_cfg, "temperature": hp.sample_temperature}
+    def log_images(self, batch: dict[str, Any], sampling: SamplingSettings | None = None,
+                   rng: torch.Generator | None = None) -> dict[str, Tensor]:
+        """{"samples": images [B, 3, H, W] in [0, 1] for ``batch["caption"]``}, sampled with the EMA
+        weights and ``sampling`` (default: the module's). Every rank must call it under FSDP2."""
         with gathered(self.sampling_generator):  # FSDP2: sampling bypasses forward; gather the root
-            return self.pipeline().generate(prompts, **{**defaults, **sample_kwargs})
+            images = generate_images(self.sampling_generator, self.tokenizer, self.text_encoder,
+                                     list(batch["caption"]), sampling or self.sampling, rng)
+        return {"samples": images}
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: float):
@@ -245,16 +225,17 @@ def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: flo
     return factor
 
 
-def _check_compatible(generator: FluidGenerator, tokenizer: ImageTokenizer, text_encoder: FrozenT5) -> None:
+def _check_compatible(generator: FluidGenerator, tokenizer: ImageTokenizer, text_encoder: T5TextEncoder) -> None:
     prefix = "model.init_args.generator.init_args"
     if generator.grid_size != tokenizer.grid_size:
         raise ValueError(
             f"generator.grid_size={generator.grid_size} but the tokenizer makes a {tokenizer.grid_size}x"
             f"{tokenizer.grid_size} grid; set {prefix}.grid_size: {tokenizer.grid_size}"
         )
-    if (generator.tokens == "discrete") != tokenizer.discrete:
+    if (generator.token_kind == "discrete") != tokenizer.discrete:
         kind = "discrete" if tokenizer.discrete else "continuous"
-        raise ValueError(f"generator.tokens={generator.tokens!r} but the tokenizer is {kind}; set {prefix}.tokens: {kind}")
+        raise ValueError(f"generator.token_kind={generator.token_kind!r} but the tokenizer is {kind}; "
+                         f"set {prefix}.token_kind: {kind}")
     if not tokenizer.discrete and generator.token_dim != tokenizer.token_dim:
         raise ValueError(
             f"generator.token_dim={generator.token_dim} but the tokenizer makes {tokenizer.token_dim}-dim tokens; "

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..models.autoencoders import AutoencoderTokenizer
 from ..models.discriminator import adaptive_gan_weight, hinge_d_loss
-from .ema import Float32EMA, dtype_of, make_ema, update_ema
+from ..models.summary import dtype_of
+from .base import ModuleBase
+from .ema import make_ema, update_ema
 
-_SUBMODULES = ["tokenizer", "perceptual", "discriminator"]
 
+class TokenizerModule(ModuleBase):
+    SUBMODULES = ("tokenizer", "perceptual", "discriminator")
 
-class TokenizerModule(Float32EMA, L.LightningModule):
     def __init__(
         self,
         tokenizer: AutoencoderTokenizer,
@@ -48,12 +48,11 @@ class TokenizerModule(Float32EMA, L.LightningModule):
         """``perceptual`` is any module called as ``perceptual(recon, target)`` → a loss (e.g. an
         LPIPS you provide; nothing is downloaded here). ``reg_weight`` defaults to 1e-6 for KL (LDM)
         and 1.0 for VQ (taming). ``disc_start`` counts autoencoder steps (= ``trainer.global_step``).
-        ``ema_decay`` keeps an EMA copy of the tokenizer that validation, `log_images` and export use.
+        ``ema_decay`` keeps an EMA copy of the tokenizer that validation, ``log_images`` and export use.
         ``grad_clip`` clips both optimisers' gradient norms (Lightning refuses ``trainer.gradient_clip_val``
         under manual optimisation)."""
         super().__init__()
-        from_config = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if from_config else _SUBMODULES)
+        self.save_hyperparameters(ignore=self.unsaved_arguments())
         if rec_loss not in ("l1", "l2"):
             raise ValueError(f"rec_loss must be 'l1' or 'l2', got {rec_loss!r}")
         self.automatic_optimization = False
@@ -62,7 +61,7 @@ class TokenizerModule(Float32EMA, L.LightningModule):
         self.discriminator = discriminator
         self.perceptual = perceptual.requires_grad_(False).eval() if perceptual is not None else None
         self.reg_weight = reg_weight if reg_weight is not None else (1.0 if tokenizer.discrete else 1e-6)
-        self.ema = make_ema(tokenizer) if ema_decay else None  # float32 whatever the precision (lit/ema.py)
+        self.ema = make_ema(tokenizer) if ema_decay else None  # float32 whatever the precision (lit/base.py)
 
     @property
     def sampling_tokenizer(self) -> AutoencoderTokenizer:
@@ -158,7 +157,9 @@ class TokenizerModule(Float32EMA, L.LightningModule):
 
     # ---- for callbacks -------------------------------------------------------------------------
     @torch.no_grad()
-    def log_images(self, images: Tensor) -> Tensor:
-        """Reconstructions [B, 3, H, W] in [0, 1] of images in [-1, 1] (EMA weights when kept)."""
-        recon = self.sampling_tokenizer.reconstruct(images.to(self.device, dtype_of(self.sampling_tokenizer)))
-        return ((recon.clamp(-1, 1) + 1) / 2).float()
+    def log_images(self, batch: dict[str, Any], **unused: Any) -> dict[str, Tensor]:
+        """{"inputs", "reconstructions"}: ``batch["image"]`` (in [-1, 1]) and its reconstruction by the
+        EMA weights when kept, both [B, 3, H, W] in [0, 1]."""
+        images = batch["image"].to(self.device)
+        recon = self.sampling_tokenizer.reconstruct(images.to(dtype_of(self.sampling_tokenizer)))
+        return {"inputs": ((images.clamp(-1, 1) + 1) / 2).float(), "reconstructions": ((recon.clamp(-1, 1) + 1) / 2).float()}

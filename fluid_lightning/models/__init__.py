@@ -4,19 +4,19 @@ from .autoencoders import KLTokenizer, VQTokenizer
 from .discriminator import PatchDiscriminator
 from .generator import FluidGenerator
 from .heads import DiffusionHead, LogitsHead
-from .text import FrozenT5, TextAligner
+from .text import T5TextEncoder, TextAligner
 from .tokenizers import ImageTokenizer, PaletteTokenizer, PixelPatchTokenizer
 
 __all__ = [
     "DiffusionHead",
     "FluidGenerator",
-    "FrozenT5",
     "ImageTokenizer",
     "KLTokenizer",
     "LogitsHead",
     "PaletteTokenizer",
     "PatchDiscriminator",
     "PixelPatchTokenizer",
+    "T5TextEncoder",
     "TextAligner",
     "VQTokenizer",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from . import rng
+from . import draws
 
 # model_fn(x_t, t) -> ε, or [ε, v] concatenated on the last dim when the variance is learned.
 # t is always given in *training* timestep units (0..num_train_steps-1), also when respaced.
@@ -166,13 +166,13 @@ class GaussianDiffusion:
 
     # ---------------------------------------------------------------- training
     def training_losses(
-        self, model_fn: ModelFn, x0: Tensor, generator: torch.Generator | None = None
+        self, model_fn: ModelFn, x0: Tensor, rng: torch.Generator | None = None
     ) -> Tensor:
         """Per-row loss [N]: MSE on ε (mean over dims), plus the VLB term when the variance is learned."""
         x0 = x0.float()
         n = x0.shape[0]
-        t = rng.integers(self.num_steps, (n,), x0.device, generator)
-        noise = rng.normal(x0.shape, x0.device, generator)
+        t = draws.integers(self.num_steps, (n,), x0.device, rng)
+        noise = draws.normal(x0.shape, x0.device, rng)
         xt = self.q_sample(x0, t, noise)
         model_out = model_fn(xt, self._table("timestep_map", x0.device)[t]).float()
         eps = model_out.chunk(2, dim=-1)[0] if self.learn_sigma else model_out
@@ -205,19 +205,19 @@ class GaussianDiffusion:
         shape: Sequence[int],
         device: torch.device | str = "cpu",
         temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> Tensor:
         """Ancestral sampling over this schedule's steps; ``temperature`` scales every added noise
         (MAR's convention), not the initial x_T."""
-        x = rng.normal(shape, device, generator)
+        x = draws.normal(shape, device, rng)
         timestep_map = self._table("timestep_map", torch.device(device))
         for i in reversed(range(self.num_steps)):
             t = torch.full((shape[0],), i, device=device, dtype=torch.long)
             out = self.p_mean_variance(model_fn(x, timestep_map[t]), x, t)
-            noise = rng.normal(shape, device, generator)
+            noise = draws.normal(shape, device, rng)
             if i > 0:
                 x = out["mean"] + torch.exp(0.5 * out["log_var"]) * noise * temperature
             else:
-                # The noise is still drawn at the last step so the generator stream matches MAR's loop.
+                # The noise is still drawn at the last step so the random stream matches MAR's loop.
                 x = out["mean"]
         return x

@@ -6,7 +6,9 @@ Two switches give the four variants compared in the Fluid paper:
   a truncated normal) and predicts them; sampling reveals tokens in a random order over K steps
   on a cosine schedule (MAR). ``order="raster"``: causal attention, teacher forcing from a start
   token, one token per step at sampling with a KV cache.
-- ``tokens="continuous"``: a per-token diffusion head; ``tokens="discrete"``: logits + cross-entropy.
+- ``token_kind="continuous"``: a per-token diffusion head; ``"discrete"``: logits + cross-entropy.
+
+Random draws take ``rng``, a ``torch.Generator`` (None: the global stream).
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import rng
+from . import draws
 from .heads import DiffusionHead, LogitsHead
 from .text import TextAligner
 from .transformer import Block, KVCache, init_weights, sincos_2d
 
 
 def truncated_normal(
-    n: int, mean: float, std: float, low: float, high: float, generator: torch.Generator | None, device
+    n: int, mean: float, std: float, low: float, high: float, rng: torch.Generator | None, device
 ) -> Tensor:
     """Exact inverse-CDF sampling of N(mean, std²) restricted to [low, high]."""
     normal = torch.distributions.Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
     lo, hi = normal.cdf(torch.tensor(low, dtype=torch.float64)), normal.cdf(torch.tensor(high, dtype=torch.float64))
-    u = rng.uniform((n,), "cpu", generator, dtype=torch.float64)
+    u = draws.uniform((n,), "cpu", rng, dtype=torch.float64)
     x = normal.icdf(lo + (hi - lo) * u).clamp(low, high)
     return x.float().to(device)
 
@@ -55,7 +57,7 @@ def cosine_mask_schedule(num_tokens: int, num_steps: int) -> list[int]:
 class FluidGenerator(nn.Module):
     def __init__(
         self,
-        tokens: Literal["continuous", "discrete"] = "continuous",
+        token_kind: Literal["continuous", "discrete"] = "continuous",
         order: Literal["random", "raster"] = "random",
         grid_size: int = 16,
         token_dim: int = 16,
@@ -82,36 +84,45 @@ class FluidGenerator(nn.Module):
         """Sizes follow the constructor names; ``grid_size`` and ``token_dim``/``vocab_size``
         must match the tokenizer, ``text_dim`` the text encoder's output width."""
         super().__init__()
-        if tokens not in ("continuous", "discrete"):
-            raise ValueError(f"tokens must be 'continuous' or 'discrete', got {tokens!r}")
+        if token_kind not in ("continuous", "discrete"):
+            raise ValueError(f"token_kind must be 'continuous' or 'discrete', got {token_kind!r}")
         if order not in ("random", "raster"):
             raise ValueError(f"order must be 'random' or 'raster', got {order!r}")
         if not 0.0 < mask_ratio_min <= 1.0:
             raise ValueError(f"mask_ratio_min must be in (0, 1], got {mask_ratio_min}")
-        self.tokens, self.order = tokens, order
+        self.token_kind, self.order = token_kind, order
         self.grid_size, self.num_tokens = grid_size, grid_size * grid_size
-        self.token_dim = token_dim if tokens == "continuous" else None
-        self.vocab_size = vocab_size if tokens == "discrete" else None
+        self.token_dim = token_dim if token_kind == "continuous" else None
+        self.vocab_size = vocab_size if token_kind == "discrete" else None
         self.width, self.depth = width, depth
         self.caption_dropout = caption_dropout
         self.mask_ratio = (mask_ratio_min, mask_ratio_mean, mask_ratio_std)
 
         self.text = TextAligner(text_dim, width, aligner_depth, num_heads, mlp_ratio, dropout)
-        self.embed = nn.Linear(token_dim, width) if tokens == "continuous" else nn.Embedding(vocab_size, width)
-        # Random order: placeholder for tokens still to predict. Raster: the start token.
-        self.special_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.embed = nn.Linear(token_dim, width) if token_kind == "continuous" else nn.Embedding(vocab_size, width)
+        # Random order: what a token still to predict looks like. Raster: what the first position reads.
+        setattr(self, self._learned_token_name, nn.Parameter(torch.zeros(1, 1, width)))
         self.pos_embed = nn.Parameter(sincos_2d(grid_size, width)[None])  # learnable, 2-D initialised
         self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.apply(init_weights)
-        nn.init.normal_(self.special_token, std=0.02)
-        if tokens == "continuous":
+        nn.init.normal_(self._learned_token, std=0.02)
+        self.register_load_state_dict_pre_hook(_rename_special_token)
+        if token_kind == "continuous":
             self.head = DiffusionHead(
                 token_dim, width, head_width, head_depth, num_train_timesteps, num_sampling_timesteps,
                 noise_schedule, diffusion_batch_mul, learn_sigma,
             )
         else:
             self.head = LogitsHead(width, vocab_size)
+
+    @property
+    def _learned_token_name(self) -> str:
+        return "mask_token" if self.order == "random" else "start_token"
+
+    @property
+    def _learned_token(self) -> nn.Parameter:
+        return getattr(self, self._learned_token_name)
 
     # ---- shared pieces -------------------------------------------------------------------------
     def encode_text(self, text: Tensor, text_mask: Tensor, drop: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -124,7 +135,7 @@ class FluidGenerator(nn.Module):
         return self.norm(x)
 
     def _check_tokens(self, tokens: Tensor) -> None:
-        if self.tokens == "continuous":
+        if self.token_kind == "continuous":
             ok = tokens.ndim == 3 and tokens.shape[1:] == (self.num_tokens, self.token_dim)
             want = f"[B, {self.num_tokens}, {self.token_dim}] float"
         else:
@@ -137,36 +148,36 @@ class FluidGenerator(nn.Module):
                 "they were encoded at)"
             )
 
-    def random_mask(self, batch: int, device, generator: torch.Generator | None = None) -> Tensor:
+    def random_mask(self, batch: int, device, rng: torch.Generator | None = None) -> Tensor:
         """[B, N] bool, True = masked (to predict). Each sample gets its own random order and its
         own ratio from the truncated normal; at least one token is masked."""
         low, mean, std = self.mask_ratio
-        ratio = truncated_normal(batch, mean, std, low, 1.0, generator, device)
+        ratio = truncated_normal(batch, mean, std, low, 1.0, rng, device)
         n_masked = torch.ceil(ratio * self.num_tokens).clamp(1, self.num_tokens).long()
-        scores = rng.uniform((batch, self.num_tokens), device, generator)
+        scores = draws.uniform((batch, self.num_tokens), device, rng)
         rank = scores.argsort(dim=1).argsort(dim=1)  # position of each token in its sample's order
         return rank < n_masked[:, None]
 
     # ---- training ------------------------------------------------------------------------------
     def forward(
-        self, tokens: Tensor, text: Tensor, text_mask: Tensor, generator: torch.Generator | None = None
+        self, tokens: Tensor, text: Tensor, text_mask: Tensor, rng: torch.Generator | None = None
     ) -> Tensor:
         """Training loss for a batch of target tokens and their (frozen) text features."""
         self._check_tokens(tokens)
         b, device = tokens.shape[0], tokens.device
         drop = None
         if self.training and self.caption_dropout > 0:
-            drop = rng.uniform((b,), device, generator) < self.caption_dropout
+            drop = draws.uniform((b,), device, rng) < self.caption_dropout
         ctx, ctx_mask = self.encode_text(text, text_mask, drop)
         if self.order == "random":
-            mask = self.random_mask(b, device, generator)
-            x = torch.where(mask[..., None], self.special_token.to(ctx.dtype), self.embed(tokens).to(ctx.dtype))
+            mask = self.random_mask(b, device, rng)
+            x = torch.where(mask[..., None], self.mask_token.to(ctx.dtype), self.embed(tokens).to(ctx.dtype))
             z = self._run(x + self.pos_embed, ctx, ctx_mask)
-            return self.head.loss(tokens[mask], z[mask], generator=generator)
-        start = self.special_token.expand(b, 1, -1).to(ctx.dtype)
+            return self.head.loss(tokens[mask], z[mask], rng=rng)
+        start = self.start_token.expand(b, 1, -1).to(ctx.dtype)
         x = torch.cat([start, self.embed(tokens[:, :-1]).to(ctx.dtype)], dim=1)
         z = self._run(x + self.pos_embed, ctx, ctx_mask)
-        return self.head.loss(tokens.flatten(0, 1), z.flatten(0, 1), generator=generator)
+        return self.head.loss(tokens.flatten(0, 1), z.flatten(0, 1), rng=rng)
 
     # ---- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -181,7 +192,7 @@ class FluidGenerator(nn.Module):
         top_k: int | None = None,
         use_kv_cache: bool = True,
         guidance: bool | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
         """Generate tokens for B text conditions.
@@ -200,7 +211,7 @@ class FluidGenerator(nn.Module):
             null_ctx, null_mask = self.encode_text(text, text_mask, torch.ones(b, dtype=torch.bool, device=text.device))
             ctx, ctx_mask = torch.cat([ctx, null_ctx]), torch.cat([ctx_mask, null_mask])
         n = self.num_tokens
-        if self.tokens == "continuous":
+        if self.token_kind == "continuous":
             out = torch.zeros(b, n, self.token_dim, device=text.device, dtype=ctx.dtype)
         else:
             out = torch.zeros(b, n, dtype=torch.long, device=text.device)
@@ -210,21 +221,21 @@ class FluidGenerator(nn.Module):
 
         def predict(z: Tensor, revealed: int) -> Tensor:
             return self.head.sample(
-                z, temperature=temperature, cfg=scale(revealed) if guided else None, generator=generator, top_k=top_k
+                z, temperature=temperature, cfg=scale(revealed) if guided else None, rng=rng, top_k=top_k
             )
 
         if self.order == "random":
-            return self._sample_random(out, ctx, ctx_mask, num_steps, guided, predict, generator, progress)
+            return self._sample_random(out, ctx, ctx_mask, num_steps, guided, predict, rng, progress)
         return self._sample_raster(out, ctx, ctx_mask, use_kv_cache, guided, predict, progress)
 
-    def _sample_random(self, out, ctx, ctx_mask, num_steps, guided, predict, generator, progress) -> Tensor:
+    def _sample_random(self, out, ctx, ctx_mask, num_steps, guided, predict, rng, progress) -> Tensor:
         b, n = out.shape[:2]
-        scores = rng.uniform((b, n), out.device, generator)
+        scores = draws.uniform((b, n), out.device, rng)
         rank = scores.argsort(dim=1).argsort(dim=1)
         masked = torch.ones(b, n, dtype=torch.bool, device=out.device)
         schedule = cosine_mask_schedule(n, min(num_steps, n))
         for n_next in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
-            x = torch.where(masked[..., None], self.special_token.to(ctx.dtype), self.embed(out).to(ctx.dtype))
+            x = torch.where(masked[..., None], self.mask_token.to(ctx.dtype), self.embed(out).to(ctx.dtype))
             x = x + self.pos_embed
             z = self._run(torch.cat([x, x]) if guided else x, ctx, ctx_mask)
             still_masked = rank >= n - n_next  # tokens are revealed in their sample's order
@@ -240,7 +251,7 @@ class FluidGenerator(nn.Module):
         b, n = out.shape[:2]
         rows = 2 * b if guided else b
         cache = KVCache.empty(self.depth) if use_kv_cache else None
-        start = self.special_token.expand(rows, 1, -1).to(ctx.dtype)
+        start = self.start_token.expand(rows, 1, -1).to(ctx.dtype)
         for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
             if use_kv_cache:
                 prev = start if i == 0 else self.embed(out[:, i - 1 : i]).to(ctx.dtype)
@@ -252,3 +263,10 @@ class FluidGenerator(nn.Module):
                 z = self._run(x + self.pos_embed[:, : i + 1], ctx, ctx_mask)[:, -1]
             out[:, i] = predict(z, i + 1).to(out.dtype)
         return out
+
+
+def _rename_special_token(module: FluidGenerator, state_dict: dict, prefix: str, *args) -> None:
+    """State dicts written before the learned token was named for its role called it ``special_token``."""
+    old = f"{prefix}special_token"
+    if old in state_dict:
+        state_dict[f"{prefix}{module._learned_token_name}"] = state_dict.pop(old)

@@ -1,6 +1,7 @@
 """Per-token output heads of the generator transformer, with one shared interface.
 
-``loss(target, cond, generator)`` -> scalar, ``sample(cond, temperature, cfg, generator)`` -> tokens.
+``loss(target, cond, rng)`` -> scalar, ``sample(cond, temperature, cfg, rng)`` -> tokens (``rng``: a
+``torch.Generator`` or None for the global stream).
 With ``cfg`` set, ``cond`` is the batch-doubled ``[cond; uncond]`` and the result has half its rows.
 
 - :class:`DiffusionHead`: continuous tokens, MAR's "SimpleMLPAdaLN" denoiser (arXiv 2406.11838).
@@ -133,14 +134,14 @@ class DiffusionHead(nn.Module):
         self.train_diffusion = GaussianDiffusion(num_train_steps, noise_schedule, learn_sigma)
         self.sample_diffusion = self.train_diffusion.respaced(num_sampling_steps)
 
-    def loss(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def loss(self, target: Tensor, cond: Tensor, rng: torch.Generator | None = None) -> Tensor:
         """target [N, token_dim], cond [N, cond_dim] -> scalar mean loss over N * batch_mul rows,
         each target repeated ``batch_mul`` times with independent timesteps and noise."""
         if target.shape[0] != cond.shape[0]:
             raise ValueError(f"target has {target.shape[0]} rows but cond has {cond.shape[0]}")
         target = target.repeat(self.batch_mul, 1)
         cond = cond.repeat(self.batch_mul, 1)
-        losses = self.train_diffusion.training_losses(lambda x, t: self.net(x, t, cond), target, generator)
+        losses = self.train_diffusion.training_losses(lambda x, t: self.net(x, t, cond), target, rng)
         return losses.mean()
 
     @torch.no_grad()
@@ -149,7 +150,7 @@ class DiffusionHead(nn.Module):
         cond: Tensor,
         temperature: float = 1.0,
         cfg: float | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         **unused: object,
     ) -> Tensor:
         """cond [M, cond_dim] -> [M, token_dim]; with ``cfg``, cond is [cond; uncond] of 2M rows.
@@ -176,7 +177,7 @@ class DiffusionHead(nn.Module):
                 return torch.cat([eps, out_c[:, self.token_dim :]], dim=-1)
 
         return self.sample_diffusion.sample(
-            model_fn, (m, self.token_dim), cond.device, temperature=temperature, generator=generator
+            model_fn, (m, self.token_dim), cond.device, temperature=temperature, rng=rng
         )
 
 
@@ -192,8 +193,8 @@ class LogitsHead(nn.Module):
     def logits(self, cond: Tensor) -> Tensor:
         return self.proj(self.norm(cond)).float()
 
-    def loss(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """target [N] token ids, cond [N, cond_dim] -> scalar cross-entropy (generator unused)."""
+    def loss(self, target: Tensor, cond: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        """target [N] token ids, cond [N, cond_dim] -> scalar cross-entropy (rng unused)."""
         return F.cross_entropy(self.logits(cond), target.long())
 
     @torch.no_grad()
@@ -202,7 +203,7 @@ class LogitsHead(nn.Module):
         cond: Tensor,
         temperature: float = 1.0,
         cfg: float | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         top_k: int | None = None,
         **unused: object,
     ) -> Tensor:
@@ -222,10 +223,10 @@ class LogitsHead(nn.Module):
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
-        if generator is not None and generator.device != probs.device:
+        if rng is not None and rng.device != probs.device:
             return (
-                torch.multinomial(probs.to(generator.device), 1, generator=generator)
+                torch.multinomial(probs.to(rng.device), 1, generator=rng)
                 .squeeze(-1)
                 .to(cond.device)
             )
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return torch.multinomial(probs, 1, generator=rng).squeeze(-1)

@@ -1,5 +1,6 @@
-"""Text side of the model: a frozen Hugging Face T5 encoder and the trainable aligner that adapts
-its output to the image transformer, with a learned null condition for classifier-free guidance."""
+"""Text side of the model: a Hugging Face T5 encoder (frozen unless asked) and the trainable aligner
+that adapts its output to the image transformer, with a learned null condition for classifier-free
+guidance."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from .frozen import keep_out_of_checkpoints
 from .transformer import Block
 
 
-class FrozenT5(nn.Module):
-    """T5 encoder + tokenizer, frozen by default.
+class T5TextEncoder(nn.Module):
+    """T5 encoder + tokenizer, frozen unless ``trainable`` (Fluid keeps T5-XXL frozen).
 
     ``pretrained`` is a local directory or a hub id (T5-XXL in the Fluid paper); its weights are
     reloaded from there and therefore left out of checkpoints. ``config`` instead builds a randomly
@@ -26,16 +27,16 @@ class FrozenT5(nn.Module):
         pretrained: str | None = None,
         config: dict[str, Any] | None = None,
         max_length: int = 128,
-        freeze: bool = True,
+        trainable: bool = False,
     ):
         super().__init__()
         from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
 
         if (pretrained is None) == (config is None):
-            raise ValueError("FrozenT5 needs exactly one of `pretrained` (path or hub id) or `config` (a T5Config dict)")
+            raise ValueError("T5TextEncoder needs exactly one of `pretrained` (path or hub id) or `config` (a T5Config dict)")
         self.pretrained = pretrained
         self.max_length = max_length
-        self.freeze = freeze
+        self.trainable = trainable
         if pretrained is not None:
             try:
                 self.model = T5EncoderModel.from_pretrained(pretrained)
@@ -48,19 +49,20 @@ class FrozenT5(nn.Module):
         else:
             self.model = T5EncoderModel(T5Config(**{"vocab_size": 384, **config}))
             self.tokenizer = ByT5Tokenizer()
-        if freeze:
+        if not trainable:
             self.model.requires_grad_(False)
             self.model.eval()
         if pretrained is not None:
             keep_out_of_checkpoints(self, "model")
+            self.weights_in_checkpoint = trainable  # fine-tuned weights are not what the path holds
 
     @property
     def dim(self) -> int:
         return self.model.config.d_model
 
-    def train(self, mode: bool = True) -> FrozenT5:
+    def train(self, mode: bool = True) -> T5TextEncoder:
         super().train(mode)
-        if self.freeze:
+        if not self.trainable:
             self.model.eval()  # a frozen encoder never runs dropout
         return self
 
@@ -74,7 +76,7 @@ class FrozenT5(nn.Module):
         )
         device = next(self.model.parameters()).device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden, mask.bool()
 

@@ -1,0 +1,83 @@
+"""How a generator is sampled: one settings object passed from the command line and YAML through the
+pipeline, the module and the callbacks, and the one function that turns prompts into images.
+
+    settings = SamplingSettings(steps=32, cfg=3.0, temperature=0.9)
+    images = generate_images(generator, tokenizer, text_encoder, prompts, settings)
+
+In YAML it is a mapping (``model.init_args.sampling: {steps: 32, cfg: 3.0}``, or a callback's
+``sampling:``); on the command line of ``sample`` and ``evaluate`` it is ``--steps --cfg
+--cfg-schedule --temperature --top-k --seed --no-kv-cache`` (``commands/common.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .models.generator import FluidGenerator
+from .models.summary import dtype_of
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """``steps``: random order reveals the tokens over this many steps (capped at the token count);
+    raster order always takes one step per token. ``cfg``: classifier-free guidance scale (1 = off);
+    ``cfg_schedule``: ``linear`` ramps it from 1 with the fraction of tokens revealed (MAR),
+    ``constant`` keeps it. ``temperature`` scales the diffusion noise of every step (continuous) or
+    divides the logits (discrete; 0 = argmax). ``top_k``: discrete tokens only. ``seed``: the same
+    seed gives the same images (None: draw from the global random stream). ``kv_cache``: raster
+    order reuses keys/values (the same tokens, faster)."""
+
+    steps: int = 64
+    cfg: float = 3.0
+    cfg_schedule: Literal["linear", "constant"] = "linear"
+    temperature: float = 1.0
+    top_k: int | None = None
+    seed: int | None = 0
+    kv_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"sampling steps must be at least 1, got {self.steps}")
+        if self.cfg_schedule not in ("linear", "constant"):
+            raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (or null), got {self.top_k}")
+
+    def replace(self, **changes) -> SamplingSettings:
+        return dataclasses.replace(self, **changes)
+
+    def rng(self, device: torch.device | str) -> torch.Generator | None:
+        """A generator seeded with ``seed`` on ``device`` (None without a seed)."""
+        return None if self.seed is None else torch.Generator(device).manual_seed(self.seed)
+
+
+@torch.no_grad()
+def generate_images(generator: FluidGenerator, tokenizer: nn.Module, text_encoder: nn.Module, prompts: list[str],
+                    settings: SamplingSettings, rng: torch.Generator | None = None, progress: bool = False) -> Tensor:
+    """Images [B, 3, H, W] in [0, 1] for the prompts: text features → tokens → pixels.
+
+    ``rng`` carries one random stream through several calls (a batch loop); without it the call uses a
+    fresh one from ``settings.seed``. The parts may differ in dtype (under bf16-true the EMA copy
+    stays float32): text and tokens are cast to each part's."""
+    device = next(generator.parameters()).device
+    rng = rng if rng is not None else settings.rng(device)
+    was_training = generator.training
+    generator.eval()
+    try:
+        text, text_mask = text_encoder(list(prompts))
+        tokens = generator.sample(
+            text.to(dtype_of(generator)), text_mask, num_steps=settings.steps, cfg=settings.cfg,
+            cfg_schedule=settings.cfg_schedule, temperature=settings.temperature, top_k=settings.top_k,
+            use_kv_cache=settings.kv_cache, rng=rng, progress=progress,
+        )
+        images = tokenizer.decode(tokens.to(dtype_of(tokenizer)) if tokens.is_floating_point() else tokens)
+    finally:
+        generator.train(was_training)
+    return ((images.float() + 1) / 2).clamp(0, 1)

@@ -1,0 +1,229 @@
+"""Reliability of training runs: a SIGKILLed run resumes from its last checkpoint and ends with the weights
+of an uninterrupted run (deterministic mode); SIGTERM and SIGUSR1 save a checkpoint; a run resumed
+mid-epoch continues with the unseen batches; NaN losses skip steps and too many in a row stop the run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from tiny import CONF, ROOT, tiny_module
+
+from fluid_lightning.callbacks import NonFiniteLossGuard
+from fluid_lightning.callbacks.reliability import NonFiniteLossError
+from fluid_lightning.checkpointing import AtomicCheckpointIO, safe_load
+from fluid_lightning.data.shapes import ShapesDataModule
+from fluid_lightning.lit.generator_module import GeneratorModule
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "callbacks"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+
+class Slow(L.Callback):
+    """Makes a tiny run slow enough to be killed mid-training."""
+
+    def on_train_batch_end(self, *args) -> None:
+        time.sleep(0.3)
+
+
+class MarkSteps(L.Callback):
+    """Touches <default_root_dir>/step<n> after each optimizer step n."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        (Path(trainer.default_root_dir) / f"step{trainer.global_step}").touch()
+
+
+def fit_command(root: Path, max_steps: int, *extra: str, stock_callbacks: bool = False) -> list[str]:
+    """A tiny CLI fit: with ``stock_callbacks`` the default callbacks (checkpoints in root/checkpoints) plus
+    Slow and MarkSteps; else a checkpoint every 2 steps in root/ckpt, all kept."""
+    trainer = root / "trainer.yaml"
+    trainer.write_text(f"""trainer:
+  deterministic: true
+  callbacks:
+    - class_path: test_reliability.Slow
+checkpoint: {{dirpath: {root / 'ckpt'}, every_n_train_steps: 2, save_top_k: -1}}
+""" if not stock_callbacks else "trainer:\n  deterministic: true\n")
+    if stock_callbacks:
+        extra = ("--trainer.callbacks+=test_reliability.Slow", "--trainer.callbacks+=test_reliability.MarkSteps", *extra)
+    # Three batches per epoch, a checkpoint every 2 steps: the kill lands mid-epoch or at its end.
+    return [sys.executable, "-m", "fluid_lightning", "fit", "--config", str(CONF / "trainer/cpu.yaml"),
+            "--config", str(CONF / "data/shapes.yaml"), "--config", str(CONF / "model/tiny_fluid.yaml"),
+            "--config", str(trainer), "--trainer.default_root_dir", str(root), f"--trainer.max_steps={max_steps}",
+            "--trainer.limit_val_batches=0", "--data.init_args.batch_size=4", "--data.init_args.num_train=12",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(path_glob: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not list(path_glob.parent.glob(path_glob.name)):
+        assert proc.poll() is None, f"run ended before {path_glob.name} appeared"
+        assert time.time() < deadline, f"no {path_glob} after {timeout} s"
+        time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen, log: Path, ok: bool = True) -> str:
+    proc.wait(timeout=240)
+    text = log.read_text()
+    if ok:
+        assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def generator_weights(path: Path) -> dict[str, torch.Tensor]:
+    state = safe_load(path)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith(("generator.", "ema."))}
+
+
+@pytest.mark.slow  # three short CLI runs: ~60-90 s on 2 shared cores
+def test_sigkilled_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    steps = 10
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir()
+    killed.mkdir()
+    reference = start(fit_command(whole, steps), whole / "log.txt")
+    victim = start(fit_command(killed, steps), killed / "log.txt")
+    wait_for(killed / "ckpt" / "*step=4*.ckpt", victim)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    stopped_at = safe_load(killed / "ckpt" / "last.ckpt")["global_step"]
+    assert 2 <= stopped_at < steps  # the kill may land between the step=4 file and last.ckpt
+
+    resumed = start(fit_command(killed, steps, "--ckpt_path", "last"), killed / "resume.txt")
+    assert "Restored all states" in finish(resumed, killed / "resume.txt")
+    finish(reference, whole / "log.txt")
+    for ckpt in (killed / "ckpt").glob("*.ckpt"):  # every file on disk is a complete checkpoint
+        safe_load(ckpt)
+    final = safe_load(killed / "ckpt" / "last.ckpt")
+    assert final["global_step"] == steps  # continued from stopped_at, not from 0
+    expected = generator_weights(whole / "ckpt" / "last.ckpt")
+    got = generator_weights(killed / "ckpt" / "last.ckpt")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_sigterm_saves_a_checkpoint_that_ckpt_path_last_resumes(tmp_path):
+    proc = start(fit_command(tmp_path, 50, stock_callbacks=True), tmp_path / "log.txt")
+    wait_for(tmp_path / "step2", proc)
+    proc.send_signal(signal.SIGTERM)
+    text = finish(proc, tmp_path / "log.txt", ok=False)
+    assert "SIGTERM received: saved" in text, text[-3000:]
+    stopped_at = safe_load(tmp_path / "checkpoints/last.ckpt")["global_step"]
+    assert stopped_at >= 2
+
+    resumed = start(fit_command(tmp_path, stopped_at + 1, "--ckpt_path", "last", "--model.init_args.lr=0.123",
+                                stock_callbacks=True), tmp_path / "resume.txt")
+    text = finish(resumed, tmp_path / "resume.txt")
+    assert "Restored all states" in text
+    assert "replace these given settings: init_args.lr: 0.123 -> 0.0005" in text  # not dropped silently
+    assert safe_load(tmp_path / "checkpoints/last.ckpt")["global_step"] == stopped_at + 1
+
+
+def poison(module: GeneratorModule, bad_steps) -> None:
+    """Make the loss NaN at the given optimizer steps."""
+    clean = module._loss
+
+    def loss(batch):
+        value, b = clean(batch)
+        return (value * float("nan") if module.trainer.global_step in bad_steps else value), b
+
+    module._loss = loss
+
+
+def tiny_fit(module: GeneratorModule, tmp_path: Path, max_steps: int, callbacks: list) -> L.Trainer:
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path, callbacks=callbacks)
+    trainer.fit(module, ShapesDataModule(image_size=32, num_train=64, batch_size=4))
+    return trainer
+
+
+class BatchFingerprints(L.Callback):
+    """What each step starts from: the batch, and the global RNG that draws its masks and noise."""
+
+    def __init__(self):
+        self.seen: dict[int, tuple[str, str]] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.seen[trainer.global_step] = (hashlib.sha1(batch["image"].numpy().tobytes()).hexdigest(),
+                                          hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_resumed_mid_epoch_continues_with_the_unseen_batches(tmp_path, workers):
+    def fit(root: Path, ckpt_path=None) -> dict[int, tuple[str, str]]:
+        record = BatchFingerprints()
+        trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, default_root_dir=root,
+                            plugins=[AtomicCheckpointIO()], callbacks=[record, ModelCheckpoint(
+                                dirpath=root / "ckpt", every_n_train_steps=4, save_top_k=-1)])
+        data = ShapesDataModule(image_size=32, num_train=24, batch_size=4, num_workers=workers)
+        trainer.fit(tiny_module(), data, ckpt_path=ckpt_path)
+        return record.seen
+
+    uninterrupted = fit(tmp_path / "a")  # 6 batches per epoch: step 4 is mid-epoch, steps 6-9 the next epoch
+    resumed = fit(tmp_path / "b", ckpt_path=tmp_path / "a" / "ckpt" / "epoch=0-step=4.ckpt")
+    assert sorted(resumed) == list(range(4, 10))
+    assert resumed == {step: uninterrupted[step] for step in resumed}  # same batches, same RNG state
+
+
+class WeightWatch(L.Callback):
+    def __init__(self):
+        self.changed: list[bool] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.before = module.generator.embed.weight.detach().clone()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.changed.append(not torch.equal(self.before, module.generator.embed.weight))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
+def test_a_nan_loss_skips_one_step_and_training_goes_on(tmp_path, optimizer):
+    module = tiny_module(optimizer=optimizer)
+    poison(module, bad_steps={2})
+    watch = WeightWatch()
+    trainer = tiny_fit(module, tmp_path, 5, [NonFiniteLossGuard(max_in_a_row=3), watch])
+    assert module.nonfinite_total == 1 and module.nonfinite_in_a_row == 0
+    assert watch.changed == [True, True, False, True, True] and trainer.global_step == 5
+    assert all(torch.isfinite(p).all() for p in module.generator.parameters())
+
+
+def test_nan_losses_in_a_row_stop_with_a_message_and_a_checkpoint(tmp_path):
+    module = tiny_module()
+    poison(module, bad_steps=range(1, 100))
+    with pytest.raises(NonFiniteLossError, match="NaN/inf for 2 steps in a row"):
+        tiny_fit(module, tmp_path, 10, [NonFiniteLossGuard(max_in_a_row=2)])
+    saved = safe_load(tmp_path / "checkpoints" / "nonfinite-stop.ckpt")
+    assert saved["nonfinite_total"] == 2
+    assert all(torch.isfinite(v).all() for k, v in saved["state_dict"].items() if v.is_floating_point())
+
+
+class SendSignal(L.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_sigusr1_outside_slurm_saves_and_stops_after_the_step(tmp_path):
+    from fluid_lightning.callbacks import PreemptionCheckpoint
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    trainer = tiny_fit(tiny_module(), tmp_path, 10, [SendSignal(), PreemptionCheckpoint(signals=["SIGUSR1"])])
+    assert trainer.global_step == 2
+    assert safe_load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert signal.getsignal(signal.SIGUSR1) == previous  # handler removed after fit

@@ -1,0 +1,106 @@
+"""GeneratorModule: optimiser groups, lr schedule, EMA (float32 under bf16), sampling settings."""
+
+import dataclasses
+
+import pytest
+import torch
+from tiny import tiny_module
+
+from fluid_lightning.lit.generator_module import lr_lambda
+from fluid_lightning.sampling import SamplingSettings
+
+
+def test_no_weight_decay_on_biases_norms_embeddings_and_learned_tokens():
+    module = tiny_module()
+    decay, no_decay = (g["params"] for g in module.configure_optimizers()["optimizer"].param_groups)
+    names = {id(p): n for n, p in module.generator.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay}
+    assert all(p.ndim == 2 for p in decay)
+    for expected in ("mask_token", "pos_embed", "text.null", "norm.weight", "blocks.0.attn.qkv.bias"):
+        assert any(n.endswith(expected) or n == expected for n in no_decay_names), expected
+    assert len(decay) + len(no_decay) == sum(1 for p in module.generator.parameters() if p.requires_grad)
+    assert not any(p is q for p in decay + no_decay for q in module.text_encoder.parameters())
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_warms_up_then_follows_its_schedule(schedule):
+    f = lr_lambda(warmup_steps=10, total_steps=110, schedule=schedule, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    if schedule == "constant":
+        assert f(50) == f(109) == 1.0
+    else:
+        assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(10) == pytest.approx(1.0)
+
+
+def test_ema_tracks_the_weights_with_warmup_and_is_used_for_sampling():
+    module = tiny_module(ema_decay=0.9)
+    with torch.no_grad():
+        for p in module.generator.parameters():
+            p.add_(1.0)
+    before = module.ema.embed.weight.clone()
+    module.update_ema(step=0)  # warm-up decay min(0.9, 1/10) = 0.1: moves 90% of the way
+    expected = before + 0.9 * (module.generator.embed.weight - before)
+    torch.testing.assert_close(module.ema.embed.weight, expected)
+    assert module.sampling_generator is module.ema
+    assert any(k.startswith("ema.") for k in module.state_dict())
+    assert tiny_module(ema_decay=None).sampling_generator is not None
+
+
+def test_ema_stays_float32_and_keeps_moving_when_the_module_is_cast_to_bf16():
+    module = tiny_module(ema_decay=0.9999)
+    keys = list(module.state_dict())
+    module.to(torch.bfloat16)  # what Lightning's bf16-true does to the whole module
+    assert module.generator.embed.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in module.ema.parameters()} == {torch.float32}
+    assert list(module.state_dict()) == keys
+    with torch.no_grad():
+        for p in module.generator.parameters():
+            p.add_(0.5)
+    before = module.ema.embed.weight.clone()
+    module.update_ema(step=10**6)  # decay 0.9999: a step of 5e-5, which bf16 rounding would erase
+    expected = before + 1e-4 * (module.generator.embed.weight.float() - before)
+    torch.testing.assert_close(module.ema.embed.weight, expected)
+    assert not torch.equal(module.ema.embed.weight, before)
+
+    torch.set_default_dtype(torch.bfloat16)  # bf16-true's default inside predict_step
+    try:
+        images = module.log_images({"caption": ["a red circle", "two blue squares"]}, SamplingSettings(steps=2, cfg=2.0))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    samples = images["samples"]
+    assert samples.shape == (2, 3, 32, 32) and samples.dtype == torch.float32 and torch.isfinite(samples).all()
+
+
+def test_frozen_text_encoder_gets_no_gradient_and_stays_in_eval():
+    module = tiny_module().train()
+    assert not module.text_encoder.model.training and not module.ema.training
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    loss, _ = module._loss({"image": images, "caption": ["a red circle", "two squares"]})
+    loss.backward()
+    assert all(p.grad is None for p in module.text_encoder.parameters())
+    assert any(p.grad is not None for p in module.generator.parameters())
+
+
+def test_adamw8bit_without_bitsandbytes_names_the_install(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"pip install -e '.\[bnb\]'"):
+        tiny_module(optimizer="adamw8bit")
+
+
+def test_sampling_settings_are_kept_as_plain_data_and_drive_log_images():
+    settings = SamplingSettings(steps=3, cfg=1.5, temperature=0.8, seed=4)
+    module = tiny_module(sampling=settings)
+    assert module.sampling == settings and module.hparams["sampling"] == dataclasses.asdict(settings)
+    batch = {"caption": ["a red circle", "two squares"]}
+    a = module.log_images(batch)["samples"]
+    torch.testing.assert_close(module.log_images(batch, settings)["samples"], a)  # the module's own by default
+    assert not torch.equal(module.log_images(batch, settings.replace(seed=5))["samples"], a)
+    seen = {}
+    sample = module.sampling_generator.sample
+    module.sampling_generator.sample = lambda *args, **kwargs: seen.update(kwargs) or sample(*args, **kwargs)
+    module.log_images(batch, settings.replace(temperature=0.1, cfg_schedule="constant", top_k=3))
+    assert (seen["num_steps"], seen["cfg"], seen["temperature"], seen["cfg_schedule"], seen["top_k"]) == (
+        3, 1.5, 0.1, "constant", 3)

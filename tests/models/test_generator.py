@@ -1,0 +1,181 @@
+"""The generator's contracts: masking, causality, KV cache, seeds and guidance, in all four variants."""
+
+import pytest
+import torch
+from tiny import tiny_generator
+
+from fluid_lightning.models.generator import cosine_mask_schedule, truncated_normal
+
+VARIANTS = [(t, o) for t in ("continuous", "discrete") for o in ("random", "raster")]
+
+
+def random_tokens(gen, batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if gen.token_kind == "continuous":
+        return torch.randn(batch, gen.num_tokens, gen.token_dim, generator=g)
+    return torch.randint(0, gen.vocab_size, (batch, gen.num_tokens), generator=g)
+
+
+def test_truncated_normal_stays_in_bounds_and_has_the_right_mean():
+    x = truncated_normal(200_000, 1.0, 0.25, 0.7, 1.0, torch.Generator().manual_seed(0), "cpu")
+    assert x.min() >= 0.7 and x.max() <= 1.0
+    # Mean of N(1, 0.25²) truncated to [0.7, 1]: 1 - 0.25·(φ(-1.2) - φ(0)) / (Φ(0) - Φ(-1.2)) ≈ 0.8666.
+    assert abs(x.mean().item() - 0.8666) < 0.002
+
+
+def test_random_mask_ratio_within_bounds():
+    gen = tiny_generator(grid_size=8)
+    mask = gen.random_mask(4096, "cpu", torch.Generator().manual_seed(0))
+    ratio = mask.float().mean(1)
+    assert ratio.min() >= 0.7 and ratio.max() <= 1.0
+    assert ratio.std() > 0.03  # a ratio per sample, not one for the batch
+
+
+@pytest.mark.parametrize("tokens", ["continuous", "discrete"])
+def test_random_order_loss_only_on_masked_tokens_and_masked_inputs_do_not_leak(tokens, text, monkeypatch):
+    gen = tiny_generator(tokens).train()
+    gen.caption_dropout = 0.0
+    emb, mask = text
+    seen = {}
+
+    def capture(target, cond, rng=None):
+        seen["target"], seen["cond"] = target.clone(), cond.clone()
+        return cond.sum() * 0
+
+    monkeypatch.setattr(gen.head, "loss", capture)
+    tokens_a = random_tokens(gen, 3)
+    gen(tokens_a, emb, mask, rng=torch.Generator().manual_seed(1))
+    expected_mask = gen.random_mask(3, "cpu", torch.Generator().manual_seed(1))
+    assert torch.equal(seen["target"], tokens_a[expected_mask])
+    target_a, cond_a = seen["target"], seen["cond"]
+
+    # Changing the tokens the model must predict changes the targets but not what the model sees.
+    tokens_b = tokens_a.clone()
+    tokens_b[expected_mask] = random_tokens(gen, 3, seed=5)[expected_mask]
+    gen(tokens_b, emb, mask, rng=torch.Generator().manual_seed(1))
+    assert not torch.equal(seen["target"], target_a)
+    torch.testing.assert_close(seen["cond"], cond_a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tokens", ["continuous", "discrete"])
+def test_raster_order_is_causal(tokens, text, monkeypatch):
+    gen = tiny_generator(tokens, "raster").eval()
+    emb, mask = text
+    seen = {}
+    monkeypatch.setattr(gen.head, "loss", lambda target, cond, rng=None: seen.setdefault("c", []).append(cond) or cond.sum())
+    tokens_a = random_tokens(gen, 3)
+    tokens_b = tokens_a.clone()
+    tokens_b[:, 7] = random_tokens(gen, 3, seed=9)[:, 7]
+    gen(tokens_a, emb, mask)
+    gen(tokens_b, emb, mask)
+    n = gen.num_tokens
+    cond_a, cond_b = (c.view(3, n, -1) for c in seen["c"])
+    torch.testing.assert_close(cond_a[:, :8], cond_b[:, :8], rtol=0, atol=0)  # token 7 is predicted at 7, read from 8 on
+    assert not torch.allclose(cond_a[:, 8:], cond_b[:, 8:])
+
+
+def test_cosine_schedule_reveals_every_token_once():
+    for n, k in [(256, 64), (16, 16), (16, 4), (4, 1), (64, 100)]:
+        counts = cosine_mask_schedule(n, min(k, n))
+        assert counts[-1] == 0
+        revealed = [prev - nxt for prev, nxt in zip([n] + counts[:-1], counts)]
+        assert all(r >= 1 for r in revealed) and sum(revealed) == n
+
+
+@pytest.mark.parametrize("tokens", ["continuous", "discrete"])
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_raster_kv_cache_gives_exactly_the_uncached_tokens(tokens, cfg, text):
+    torch.manual_seed(0)
+    gen = tiny_generator(tokens, "raster").double().eval()
+    emb, mask = text
+    emb = emb.double()
+
+    def run(use_cache):
+        return gen.sample(emb, mask, cfg=cfg, use_kv_cache=use_cache, rng=torch.Generator().manual_seed(3))
+
+    cached, uncached = run(True), run(False)
+    if tokens == "discrete":
+        assert torch.equal(cached, uncached)
+    else:
+        torch.testing.assert_close(cached, uncached, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("tokens,order", VARIANTS)
+def test_same_seed_same_tokens_and_other_seed_differs(tokens, order, text):
+    torch.manual_seed(0)
+    gen = tiny_generator(tokens, order).eval()
+    emb, mask = text
+
+    def run(seed):
+        return gen.sample(emb, mask, num_steps=4, cfg=2.0, rng=torch.Generator().manual_seed(seed))
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("tokens", ["continuous", "discrete"])
+def test_random_draws_do_not_depend_on_the_default_dtype(tokens, text):
+    """A bf16 uniform has 256 levels: orders would tie (towards low token indices) and noise coarsen."""
+    torch.manual_seed(0)
+    gen = tiny_generator(tokens, grid_size=8).train()
+    emb, mask = text
+    target = random_tokens(gen, emb.shape[0])
+
+    def draws():
+        g = torch.Generator().manual_seed(0)
+        order_mask = gen.random_mask(64, "cpu", g)
+        loss = gen.train()(target, emb, mask, rng=g)
+        return order_mask, loss, gen.eval().sample(emb, mask, num_steps=4, rng=g)
+
+    expected = draws()
+    torch.set_default_dtype(torch.bfloat16)  # what Lightning's bf16-true does around every step
+    try:
+        got = draws()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    for e, g in zip(expected, got):
+        assert torch.equal(e, g)
+
+
+@pytest.mark.parametrize("tokens,order", VARIANTS)
+def test_guidance_at_scale_one_equals_unguided_sampling(tokens, order, text):
+    torch.manual_seed(0)
+    gen = tiny_generator(tokens, order).double().eval()
+    emb, mask = text
+    emb = emb.double()
+
+    def run(guidance):
+        return gen.sample(emb, mask, num_steps=4, cfg=1.0, guidance=guidance, rng=torch.Generator().manual_seed(2))
+
+    guided, plain = run(True), run(False)
+    if tokens == "discrete":
+        assert torch.equal(guided, plain)
+    else:
+        torch.testing.assert_close(guided, plain, rtol=0, atol=1e-8)
+
+
+def test_guidance_changes_samples(text):
+    torch.manual_seed(0)
+    gen = tiny_generator("discrete", "random").eval()
+    torch.nn.init.normal_(gen.text.null, std=1.0)  # make the null condition differ from the captions
+    emb, mask = text
+    a = gen.sample(emb, mask, num_steps=4, cfg=1.0, rng=torch.Generator().manual_seed(2))
+    b = gen.sample(emb, mask, num_steps=4, cfg=8.0, rng=torch.Generator().manual_seed(2))
+    assert not torch.equal(a, b)
+
+
+def test_wrong_token_shape_names_the_fix(text):
+    gen = tiny_generator("continuous")
+    with pytest.raises(ValueError, match="token_dim"):
+        gen(torch.randn(3, gen.num_tokens, gen.token_dim + 1), *text)
+
+
+@pytest.mark.parametrize("order,name", [("random", "mask_token"), ("raster", "start_token")])
+def test_the_learned_token_is_named_for_its_role_and_old_state_dicts_load(order, name):
+    gen = tiny_generator("continuous", order)
+    assert name in dict(gen.named_parameters()) and "special_token" not in gen.state_dict()
+    old = {("special_token" if k == name else k): v.clone() + (1 if k == name else 0) for k, v in gen.state_dict().items()}
+    fresh = tiny_generator("continuous", order)
+    fresh.load_state_dict(old, strict=True)  # a state dict written before the rename
+    torch.testing.assert_close(getattr(fresh, name), getattr(gen, name) + 1)
