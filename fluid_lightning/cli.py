@@ -25,6 +25,7 @@ from .callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint
 from .checkpointing import UnsafeCheckpointError, find_last_checkpoint, safe_load, upgrade_hparams
 from .commands import checkpoint, data, evaluate, params, sample, tokenizer
 from .config import register_resolvers
+from .loggers import FluidTensorBoardLogger
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model (LightningCLI: --config YAML files, then --key=value overrides)",
@@ -60,7 +61,8 @@ class FluidCLI(LightningCLI):
     - ``--ckpt_path last`` also finds the last checkpoint of an earlier run; the checkpoint's config is
       read as tensors and plain data only (one line refuses a file carrying code) and upgraded from
       earlier versions; the model settings it replaces (Lightning rebuilds the model from it) are named;
-    - when stdout is not a terminal (a log file), progress is a plain line every 30 s, not a tqdm bar.
+    - when stdout is not a terminal (a log file), progress is a plain line every 30 s, not a tqdm bar;
+    - the default logger is TensorBoard without the empty ``hp_metric`` card (``loggers.py``).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -116,6 +118,8 @@ class FluidCLI(LightningCLI):
             extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
         if trainer_config.get("logger") is False:
             extra = [c for c in extra if not isinstance(c, LearningRateMonitor)]
+        if trainer_config.get("logger") in (None, True):
+            trainer_config["logger"] = FluidTensorBoardLogger(trainer_config.get("default_root_dir") or "runs")
         given = trainer_config.get("callbacks") or []
         has_bar = any(isinstance(c, ProgressBar) for c in (given if isinstance(given, list) else [given]))
         if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False and not has_bar:

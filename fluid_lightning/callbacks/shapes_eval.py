@@ -25,16 +25,18 @@ from .periodic import ImageCallback, publish_metrics
 class ShapesEvalCallback(ImageCallback):
     def __init__(self, metadata: str | None = None, per_prompt: int = 1, every_n_steps: int = 1000,
                  on_fit_end: bool = True, max_prompts: int | None = None, sampling: SamplingSettings | None = None,
-                 batch_size: int = 64, out_file: str | None = None):
+                 batch_size: int = 64, out_file: str | None = None, hp_metric: bool = True):
         """``metadata``: a GenEval JSONL (``evaluation_metadata.jsonl`` from `data shapes`); None uses
         ``evaluation_suite()`` (all six tags, held-out prompts included). A path that does not exist
         is reported once and the callback stays off; training goes on. ``max_prompts``: evaluate
         the first N records only (quick looks). ``out_file``: per-image results as JSONL, rewritten
-        at every evaluation (rank 0)."""
+        at every evaluation (rank 0). ``hp_metric``: the final ``shapes/overall`` becomes the run's
+        ``hp_metric``, so TensorBoard's HPARAMS tab compares runs by it."""
         super().__init__(every_n_steps, on_fit_end, sampling, batch_size)
         self.metadata_path, self.per_prompt, self.max_prompts = metadata, per_prompt, max_prompts
-        self.out_file = out_file
+        self.out_file, self.hp_metric = out_file, hp_metric
         self.records: list[dict] | None = None
+        self.last_summary: dict | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.records is not None or self.off_because is not None:
@@ -69,4 +71,12 @@ class ShapesEvalCallback(ImageCallback):
         metrics = {f"shapes/{tag}": entry["accuracy"] for tag, entry in summary["tags"].items()}
         metrics["shapes/overall"] = summary["overall"]
         publish_metrics(trainer, metrics, step)
+        self.last_summary = summary
         return summary
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)  # the final evaluation, unless this step was just scored
+        if self.hp_metric and self.last_summary is not None and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_hyperparams(pl_module.hparams, {"hp_metric": self.last_summary["overall"]},
+                                       trainer.global_step)

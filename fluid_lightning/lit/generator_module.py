@@ -133,7 +133,6 @@ class GeneratorModule(ModuleBase):
             return None
         self.nonfinite_in_a_row = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -197,7 +196,8 @@ class GeneratorModule(ModuleBase):
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         schedule = lr_lambda(hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # "name": the lr_monitor callback logs it as train/lr, beside the loss
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     # ---- for callbacks -------------------------------------------------------------------------
     @torch.no_grad()
