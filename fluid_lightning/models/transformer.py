@@ -1,8 +1,15 @@
 """Transformer building blocks: SDPA self-attention with an optional KV cache, cross-attention
-to text, MLP, pre-norm blocks, and 2-D position embeddings."""
+to text, MLP, pre-norm blocks, and 2-D position embeddings.
+
+Dropout on the CPU draws its keep mask from 16 random bits per element (``keep_mask``): torch's own
+CPU dropout draws a Bernoulli per element, which costs as much as the attention around it. On other
+devices dropout is torch's. Attention with dropout on the CPU is written out (SDPA's fused CPU
+kernel has no dropout, so it falls back to the same matmul-softmax-matmul path, with the slow mask).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +59,44 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)
 
 
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """Bool mask with P(True) = 1 - p (to 1/65536), 16 random bits per element from the global stream."""
+    n = math.prod(shape)
+    words = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=device)
+    return words.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    return x * (keep_mask(x.shape, p, x.device).to(x.dtype) * (1.0 / (1.0 - p)))
+
+
+class Dropout(nn.Module):
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False,
+              dropout_p: float = 0.0) -> Tensor:
+    """``F.scaled_dot_product_attention`` (``mask``: bool, True = attend), with fast dropout on the CPU."""
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if causal:
+        causal_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        mask = causal_mask if mask is None else mask & causal_mask
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return dropout(scores.softmax(dim=-1), dropout_p, True) @ v
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, qkv_bias: bool = True):
         super().__init__()
@@ -61,7 +106,7 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(dropout)
+        self.proj_drop = Dropout(dropout)
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None, causal: bool = False, cache: LayerCache | None = None
@@ -75,9 +120,7 @@ class SelfAttention(nn.Module):
                 q_pos = torch.arange(past, past + q.shape[2], device=x.device)
                 mask = q_pos[:, None] >= torch.arange(k.shape[2], device=x.device)[None, :]
             causal = False  # a single new query may see every cached key
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        out = attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
         return self.proj_drop(self.proj(_merge_heads(out)))
 
 
@@ -91,7 +134,7 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(dropout)
+        self.proj_drop = Dropout(dropout)
 
     def forward(self, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, cache: LayerCache | None = None) -> Tensor:
         q = _split_heads(self.q(x), self.num_heads)
@@ -102,7 +145,7 @@ class CrossAttention(nn.Module):
             if cache is not None:
                 cache.cross_kv = (k, v)
         mask = None if ctx_mask is None else ctx_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0)
         return self.proj_drop(self.proj(_merge_heads(out)))
 
 
@@ -111,7 +154,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
@@ -183,6 +226,7 @@ def param_count(module: nn.Module) -> int:
 
 __all__ = [
     "Block",
+    "Dropout",
     "CrossAttention",
     "KVCache",
     "LayerCache",

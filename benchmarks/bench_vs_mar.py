@@ -1,0 +1,235 @@
+"""This project's generator beside the official MAR code (github.com/LTH14/mar), at equal work.
+
+    git clone https://github.com/LTH14/mar /path/to/mar         # never vendored or committed here
+    pip install timm==0.9.12 --no-deps scipy                     # what MAR imports (timm without torchvision)
+    OMP_NUM_THREADS=1 python benchmarks/bench_vs_mar.py --mar /path/to/mar
+
+Both models are built at the same width and token layout (256 tokens x 16 dims, batch 8, width 256,
+head 3 x 256, diffusion_batch_mul 4) and timed taking turns step by step in one process: training
+steps (forward, backward, AdamW step) and sampling (16 AR steps, 25 diffusion steps, per image).
+Rows: the same number of blocks (MAR: 4 encoder + 4 decoder; here 8 blocks with text cross-attention),
+and a FLOPs-matched depth here; dropout 0 and 0.1 (MAR's attention and projection dropout, ours in
+attention and MLP); the project in bf16 autocast against MAR in fp32. FLOPs are counted with
+torch.utils.flop_counter on one training step of each. MAR runs unchanged on the CPU: a harness
+turns its `.cuda()` calls into no-ops and stubs the torchvision modules timm imports. Without
+--mar (or without timm) the script says what to install and exits without running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import platform
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fluid_lightning.models.generator import FluidGenerator
+
+TOKENS, TOKEN_DIM, BATCH, WIDTH, HEADS, TEXT_LEN, TEXT_DIM = 256, 16, 8, 256, 4, 32, 64
+
+
+# ---- the harness: MAR unchanged, on the CPU ---------------------------------------------------------
+class _Anything(types.ModuleType):
+    """A stand-in module (or attribute) that returns stand-ins for whatever is asked of it: timm imports
+    torchvision names at import time but the transformer blocks never use them."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Anything(f"{self.__name__}.{name}")
+
+    def __call__(self, *args, **kwargs):
+        return _Anything(self.__name__)
+
+    def __mro_entries__(self, bases):
+        return (object,)
+
+
+def import_mar(path: Path):
+    """MAR's `models.mar` module, imported from a local clone without touching its files."""
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
+                 "torchvision.ops.misc", "torchvision.datasets", "torchvision.utils"):
+        sys.modules.setdefault(name, _Anything(name))
+    sys.path.insert(0, str(path))
+    import models.mar as mar  # noqa: PLC0415 - from the clone given on the command line
+
+    return mar
+
+
+@contextlib.contextmanager
+def cuda_calls_stay_on(device: torch.device):
+    """MAR moves new tensors with `.cuda()`; on a CPU run that is a no-op."""
+    if device.type == "cuda":
+        yield
+        return
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = cuda
+
+
+def build_mar(mar, depth: int, dropout: float):
+    return mar.MAR(img_size=256, vae_stride=16, patch_size=1, vae_embed_dim=TOKEN_DIM, encoder_embed_dim=WIDTH,
+                   encoder_depth=depth, encoder_num_heads=HEADS, decoder_embed_dim=WIDTH, decoder_depth=depth,
+                   decoder_num_heads=HEADS, attn_dropout=dropout, proj_dropout=dropout, diffloss_d=3,
+                   diffloss_w=WIDTH, num_sampling_steps="25", diffusion_batch_mul=4, class_num=1000)
+
+
+def build_ours(depth: int, dropout: float) -> FluidGenerator:
+    return FluidGenerator(token_kind="continuous", order="random", grid_size=16, token_dim=TOKEN_DIM, width=WIDTH,
+                          depth=depth, num_heads=HEADS, dropout=dropout, text_dim=TEXT_DIM, aligner_depth=1,
+                          head_width=WIDTH, head_depth=3, diffusion_batch_mul=4, num_sampling_timesteps=25)
+
+
+# ---- one step of each ---------------------------------------------------------------------------------
+class Runner:
+    """A model, its optimizer and fixed inputs; `train_step()` and `sample()` run one timed unit."""
+
+    def __init__(self, name: str, model, device: torch.device, bf16: bool = False):
+        self.name, self.model, self.device, self.bf16 = name, model.to(device), device, bf16
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+        g = torch.Generator().manual_seed(0)
+        self.tokens = torch.randn(BATCH, TOKENS, TOKEN_DIM, generator=g).to(device)
+        self.text = torch.randn(BATCH, TEXT_LEN, TEXT_DIM, generator=g).to(device)
+        self.text_mask = torch.ones(BATCH, TEXT_LEN, dtype=torch.bool, device=device)
+        self.labels = torch.randint(0, 1000, (BATCH,), generator=g).to(device)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def loss(self):
+        with self._autocast(), cuda_calls_stay_on(self.device):
+            if self.name == "MAR":  # MAR reads [B, C, H, W] latents and class labels
+                return self.model(self.tokens.transpose(1, 2).reshape(BATCH, TOKEN_DIM, 16, 16), self.labels)
+            return self.model(self.tokens, self.text, self.text_mask)
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss().backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def sample(self, cfg: float, images: int) -> None:
+        self.model.eval()
+        with self._autocast(), cuda_calls_stay_on(self.device):
+            if self.name == "MAR":
+                self.model.sample_tokens(images, num_iter=16, cfg=cfg, labels=self.labels[:images])
+            else:
+                self.model.sample(self.text[:images], self.text_mask[:images], num_steps=16, cfg=cfg)
+
+    def train_flops(self) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.loss().backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def take_turns(runners: list[Runner], work, rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of `work(runner)` per round for each runner, alternating who goes first."""
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for i in range(warmup + rounds):
+        for runner in runners if i % 2 == 0 else runners[::-1]:
+            torch.manual_seed(i)
+            sync(runner.device)
+            start = time.perf_counter()
+            work(runner)
+            sync(runner.device)
+            if i >= warmup:
+                times[runner.name].append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of an n x n matmul in ``dtype``: the peak the training FLOP/s are compared with."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def ours_depth_matching(mar_flops: int, dropout: float, device: torch.device) -> tuple[int, int]:
+    """The depth whose training FLOPs come closest to MAR's (and those FLOPs)."""
+    best = None
+    for depth in range(2, 13):
+        flops = Runner("ours", build_ours(depth, dropout), device).train_flops()
+        if best is None or abs(flops / mar_flops - 1) < abs(best[1] / mar_flops - 1):
+            best = (depth, flops)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mar", type=Path, help="a local clone of github.com/LTH14/mar")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps per model and row")
+    parser.add_argument("--sample-rounds", type=int, default=3)
+    parser.add_argument("--mar-depth", type=int, default=4, help="MAR encoder blocks = decoder blocks")
+    ns = parser.parse_args()
+    if ns.mar is None or not (ns.mar / "models" / "mar.py").is_file():
+        sys.exit("bench_vs_mar: give --mar /path/to/a/clone/of/github.com/LTH14/mar (git clone "
+                 "https://github.com/LTH14/mar); nothing was run")
+    missing = [m for m in ("timm", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        sys.exit(f"bench_vs_mar: MAR needs {', '.join(missing)}: pip install timm==0.9.12 --no-deps scipy; "
+                 "nothing was run")
+    mar = import_mar(ns.mar.resolve())
+    device = torch.device(ns.device)
+    print(f"# {platform.platform()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s), device {device}")
+    print(f"# {TOKENS} tokens x {TOKEN_DIM}, batch {BATCH}, width {WIDTH}, {HEADS} heads, head 3 x {WIDTH}, mul 4; "
+          f"text {TEXT_LEN} x {TEXT_DIM} (ours), 16 AR steps, 25 diffusion steps; medians of {ns.rounds} turns")
+    peaks = {dtype: matmul_peak(dtype, device) for dtype in (torch.float32, torch.bfloat16)}
+    bf16 = peaks[torch.bfloat16] > peaks[torch.float32]  # the CPU default precision, by measurement
+    print(f"# 1024² matmul peak: fp32 {peaks[torch.float32] / 1e9:.1f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.1f} "
+          f"GFLOP/s: ours runs {'bf16 autocast' if bf16 else 'fp32 (bf16 is slower here)'} in its default rows")
+    print("| row | MAR s | ours s | ours / MAR | FLOPs ours / MAR | ours FLOP/s / its peak |")
+    print("|---|---|---|---|---|---|")
+    for dropout in (0.0, 0.1):
+        torch.manual_seed(0)
+        mar_runner = Runner("MAR", build_mar(mar, ns.mar_depth, dropout), device)
+        mar_flops = mar_runner.train_flops()
+        matched_depth, _ = ours_depth_matching(mar_flops, dropout, device)
+        rows = [(f"train, {2 * ns.mar_depth} blocks, dropout {dropout}", 2 * ns.mar_depth, False),
+                (f"train, FLOPs-matched {matched_depth} blocks, dropout {dropout}", matched_depth, False)]
+        if bf16:
+            rows.append((f"train, FLOPs-matched {matched_depth} blocks, dropout {dropout}, ours bf16", matched_depth, True))
+        for label, depth, autocast in rows:
+            ours = Runner("ours", build_ours(depth, dropout), device, bf16=autocast)
+            flops = ours.train_flops()
+            times = take_turns([mar_runner, ours], Runner.train_step, ns.rounds, warmup=2)
+            m, o = statistics.median(times["MAR"]), statistics.median(times["ours"])
+            peak = peaks[torch.bfloat16 if autocast else torch.float32]
+            print(f"| {label} | {m:.3f} | {o:.3f} | {o / m:.2f} | {flops / mar_flops:.2f} | {flops / o / peak:.0%} |",
+                  flush=True)
+    for cfg in (1.0, 3.0):
+        for depth, autocast in ((2 * ns.mar_depth, False), (matched_depth, False), (matched_depth, True))[: 3 if bf16 else 2]:
+            mar_runner = Runner("MAR", build_mar(mar, ns.mar_depth, 0.0), device)
+            ours = Runner("ours", build_ours(depth, 0.0), device, bf16=autocast)
+            times = take_turns([mar_runner, ours], lambda r, c=cfg: r.sample(c, BATCH), ns.sample_rounds, warmup=1)
+            m, o = (statistics.median(times[k]) / BATCH for k in ("MAR", "ours"))
+            label = f"sample per image, cfg {cfg}, {depth} blocks{', ours bf16' if autocast else ''}"
+            print(f"| {label} | {m:.3f} | {o:.3f} | {o / m:.2f} | | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
