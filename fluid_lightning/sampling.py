@@ -30,7 +30,12 @@ class SamplingSettings:
     ``constant`` keeps it. ``temperature`` scales the diffusion noise of every step (continuous) or
     divides the logits (discrete; 0 = argmax). ``top_k``: discrete tokens only. ``seed``: the same
     seed gives the same images (None: draw from the global random stream). ``kv_cache``: raster
-    order reuses keys/values (the same tokens, faster)."""
+    order reuses keys/values (the same tokens, faster).
+
+    Continuous tokens only: ``diffusion_sampler`` is ``ddpm`` (ancestral, MAR's) or a fewer-step ODE
+    solver from diffusers (``ddim``, ``dpm++``), over ``diffusion_steps`` timesteps (None: the head's
+    ``num_sampling_timesteps``) spaced as ``timestep_spacing`` says (``linspace``: both ends, MAR's;
+    ``leading``: never the cosine schedule's singular last step; ``trailing``)."""
 
     steps: int = 64
     cfg: float = 3.0
@@ -39,6 +44,9 @@ class SamplingSettings:
     top_k: int | None = None
     seed: int | None = 0
     kv_cache: bool = True
+    diffusion_steps: int | None = None
+    diffusion_sampler: Literal["ddpm", "ddim", "dpm++"] = "ddpm"
+    timestep_spacing: Literal["linspace", "leading", "trailing"] = "leading"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -49,6 +57,12 @@ class SamplingSettings:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be at least 1 (or null), got {self.top_k}")
+        if self.diffusion_steps is not None and self.diffusion_steps < 1:
+            raise ValueError(f"diffusion_steps must be at least 1 (or null), got {self.diffusion_steps}")
+        if self.diffusion_sampler not in ("ddpm", "ddim", "dpm++"):
+            raise ValueError(f"diffusion_sampler must be 'ddpm', 'ddim' or 'dpm++', got {self.diffusion_sampler!r}")
+        if self.timestep_spacing not in ("linspace", "leading", "trailing"):
+            raise ValueError(f"timestep_spacing must be 'linspace', 'leading' or 'trailing', got {self.timestep_spacing!r}")
 
     def replace(self, **changes) -> SamplingSettings:
         return dataclasses.replace(self, **changes)
@@ -75,7 +89,8 @@ def generate_images(generator: FluidGenerator, tokenizer: nn.Module, text_encode
         tokens = generator.sample(
             text.to(dtype_of(generator)), text_mask, num_steps=settings.steps, cfg=settings.cfg,
             cfg_schedule=settings.cfg_schedule, temperature=settings.temperature, top_k=settings.top_k,
-            use_kv_cache=settings.kv_cache, rng=rng, progress=progress,
+            use_kv_cache=settings.kv_cache, rng=rng, progress=progress, diffusion_steps=settings.diffusion_steps,
+            diffusion_sampler=settings.diffusion_sampler, timestep_spacing=settings.timestep_spacing,
         )
         images = tokenizer.decode(tokens.to(dtype_of(tokenizer)) if tokens.is_floating_point() else tokens)
     finally:

@@ -48,6 +48,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int)
     group.add_argument("--no-kv-cache", dest="kv_cache", action="store_const", const=False,
                        help="raster order: recompute the prefix each step")
+    group.add_argument("--diffusion-steps", type=positive_int, help="continuous tokens: diffusion steps per token")
+    group.add_argument("--diffusion-sampler", choices=["ddpm", "ddim", "dpm++"],
+                       help="continuous tokens: ancestral (ddpm, MAR's) or a fewer-step ODE solver")
+    group.add_argument("--timestep-spacing", choices=["linspace", "leading", "trailing"])
 
 
 def sampling_from_arguments(settings: SamplingSettings, ns: argparse.Namespace) -> SamplingSettings:

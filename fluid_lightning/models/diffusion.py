@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor
 
 from . import draws
@@ -33,14 +34,25 @@ def make_betas(schedule: str, num_steps: int) -> Tensor:
     raise ValueError(f"unknown noise schedule {schedule!r}; expected 'cosine' or 'linear'")
 
 
-def space_timesteps(num_train_steps: int, num_sampling_steps: int) -> list[int]:
-    """Evenly spaced training timesteps to keep, always including the first and the last."""
+def space_timesteps(num_train_steps: int, num_sampling_steps: int, spacing: str = "linspace") -> list[int]:
+    """The training timesteps sampling visits, as diffusers spaces them: ``linspace`` spreads them over
+    0..T-1, both ends included (MAR's respacing); ``leading`` takes every (T // N)-th from 0, so the
+    noisiest is T - T // N; ``trailing`` counts down from T - 1 in steps of T / N. The cosine
+    schedule's last step is singular (β capped at 0.999 leaves ᾱ = 2.4e-9 at T - 1, and the first
+    sampling step multiplies the ε error by ~2·10⁴): ``leading`` never visits it."""
     if not 1 <= num_sampling_steps <= num_train_steps:
         raise ValueError(f"num_sampling_steps must be in [1, {num_train_steps}], got {num_sampling_steps}")
-    if num_sampling_steps == 1:
-        return [num_train_steps - 1]
-    stride = (num_train_steps - 1) / (num_sampling_steps - 1)
-    return [round(i * stride) for i in range(num_sampling_steps)]
+    if spacing == "linspace":
+        if num_sampling_steps == 1:
+            return [num_train_steps - 1]
+        stride = (num_train_steps - 1) / (num_sampling_steps - 1)
+        return [round(i * stride) for i in range(num_sampling_steps)]
+    if spacing == "leading":
+        return [i * (num_train_steps // num_sampling_steps) for i in range(num_sampling_steps)]
+    if spacing == "trailing":
+        stride = num_train_steps / num_sampling_steps
+        return sorted(round(num_train_steps - i * stride) - 1 for i in range(num_sampling_steps))
+    raise ValueError(f"timestep spacing must be 'linspace', 'leading' or 'trailing', got {spacing!r}")
 
 
 def _normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -114,13 +126,13 @@ class GaussianDiffusion:
     def betas(self) -> Tensor:
         return self._t["betas"]
 
-    def respaced(self, num_sampling_steps: int) -> GaussianDiffusion:
-        """The same schedule on ``num_sampling_steps`` evenly spaced training timesteps (MAR: 100 of 1000)."""
+    def respaced(self, num_sampling_steps: int, spacing: str = "linspace") -> GaussianDiffusion:
+        """The same schedule on ``num_sampling_steps`` spaced training timesteps (MAR: 100 of 1000)."""
         return GaussianDiffusion(
             self.num_train_steps,
             self.noise_schedule,
             self.learn_sigma,
-            use_timesteps=space_timesteps(self.num_train_steps, num_sampling_steps),
+            use_timesteps=space_timesteps(self.num_train_steps, num_sampling_steps, spacing),
             sigma_small=self.sigma_small,
         )
 
@@ -221,3 +233,39 @@ class GaussianDiffusion:
                 # The noise is still drawn at the last step so the random stream matches MAR's loop.
                 x = out["mean"]
         return x
+
+    @torch.no_grad()
+    def solve(
+        self,
+        model_fn: ModelFn,
+        shape: Sequence[int],
+        solver: str,
+        num_steps: int,
+        spacing: str = "leading",
+        device: torch.device | str = "cpu",
+        temperature: float = 1.0,
+        rng: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sampling with one of diffusers' fewer-step schedulers on this (unrespaced) schedule: ``ddim``
+        (DDIM, η = 0) or ``dpm++`` (DPM-Solver++, second order; on the cosine schedule with diffusers'
+        ``lambda_min_clipped=-5.1``, which keeps its singular end from amplifying ε errors). Both follow
+        the ε-prediction ODE, so a learned variance is not needed and ``temperature`` scales the
+        starting noise."""
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown diffusion sampler {solver!r}; expected 'ddpm', {', '.join(map(repr, SOLVERS))}")
+        options = {"clip_sample": False} if solver == "ddim" else {}  # latents are not bounded to [-1, 1]
+        if solver == "dpm++" and self.noise_schedule == "cosine":
+            options["lambda_min_clipped"] = -5.1  # diffusers' setting for the cosine schedule's singular end
+        scheduler = SOLVERS[solver](num_train_timesteps=self.num_train_steps, trained_betas=make_betas(
+            self.noise_schedule, self.num_train_steps).numpy(), prediction_type="epsilon", timestep_spacing=spacing,
+            **options)
+        scheduler.set_timesteps(num_steps)
+        x = draws.normal(shape, device, rng) * temperature
+        for t in scheduler.timesteps:
+            out = model_fn(x, torch.full((shape[0],), int(t), device=device, dtype=torch.long)).float()
+            eps = out.chunk(2, dim=-1)[0] if self.learn_sigma else out
+            x = scheduler.step(eps, t, x).prev_sample
+        return x
+
+
+SOLVERS = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}

@@ -194,13 +194,17 @@ class FluidGenerator(nn.Module):
         guidance: bool | None = None,
         rng: torch.Generator | None = None,
         progress: bool = False,
+        diffusion_steps: int | None = None,
+        diffusion_sampler: str = "ddpm",
+        timestep_spacing: str = "leading",
     ) -> Tensor:
         """Generate tokens for B text conditions.
 
         ``cfg`` is the guidance scale; guidance doubles the batch with the null condition and is on
         whenever ``cfg != 1`` unless ``guidance`` says otherwise. The linear schedule ramps the scale
         from 1 to ``cfg`` with the fraction of tokens revealed (MAR). ``num_steps`` applies to
-        random order (capped at N); raster order always takes N steps.
+        random order (capped at N); raster order always takes N steps. ``diffusion_*`` and
+        ``timestep_spacing`` choose how the diffusion head samples each token (`DiffusionHead.sample`).
         """
         if cfg_schedule not in ("constant", "linear"):
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
@@ -221,7 +225,8 @@ class FluidGenerator(nn.Module):
 
         def predict(z: Tensor, revealed: int) -> Tensor:
             return self.head.sample(
-                z, temperature=temperature, cfg=scale(revealed) if guided else None, rng=rng, top_k=top_k
+                z, temperature=temperature, cfg=scale(revealed) if guided else None, rng=rng, top_k=top_k,
+                diffusion_steps=diffusion_steps, diffusion_sampler=diffusion_sampler, timestep_spacing=timestep_spacing,
             )
 
         if self.order == "random":

@@ -132,7 +132,8 @@ class DiffusionHead(nn.Module):
         self.net = SimpleMLPAdaLN(token_dim, cond_dim, width, depth, token_dim * (2 if learn_sigma else 1))
         # Plain attributes, not buffers: the schedules are constants, rebuilt from the constructor args.
         self.train_diffusion = GaussianDiffusion(num_train_steps, noise_schedule, learn_sigma)
-        self.sample_diffusion = self.train_diffusion.respaced(num_sampling_steps)
+        self.num_sampling_steps = num_sampling_steps
+        self._respaced: dict[tuple[int, str], GaussianDiffusion] = {}  # per (steps, spacing), built on first use
 
     def loss(self, target: Tensor, cond: Tensor, rng: torch.Generator | None = None) -> Tensor:
         """target [N, token_dim], cond [N, cond_dim] -> scalar mean loss over N * batch_mul rows,
@@ -151,12 +152,18 @@ class DiffusionHead(nn.Module):
         temperature: float = 1.0,
         cfg: float | None = None,
         rng: torch.Generator | None = None,
+        diffusion_steps: int | None = None,
+        diffusion_sampler: str = "ddpm",
+        timestep_spacing: str = "leading",
         **unused: object,
     ) -> Tensor:
         """cond [M, cond_dim] -> [M, token_dim]; with ``cfg``, cond is [cond; uncond] of 2M rows.
 
         Under CFG one x_t of M rows is denoised (MAR shares its initial noise between the halves; here
         the whole trajectory is shared), with ε = ε_u + cfg (ε_c - ε_u) and the conditional variance.
+        ``diffusion_sampler``: ``ddpm`` (ancestral, MAR's) or a fewer-step ODE solver (``ddim``,
+        ``dpm++``, see `GaussianDiffusion.solve`), over ``diffusion_steps`` (default: the head's
+        ``num_sampling_steps``) training timesteps spaced by ``timestep_spacing``.
         """
         if cfg is None:
 
@@ -176,9 +183,14 @@ class DiffusionHead(nn.Module):
                 eps = eps_u + cfg * (eps_c - eps_u)
                 return torch.cat([eps, out_c[:, self.token_dim :]], dim=-1)
 
-        return self.sample_diffusion.sample(
-            model_fn, (m, self.token_dim), cond.device, temperature=temperature, rng=rng
-        )
+        steps = diffusion_steps or self.num_sampling_steps
+        if diffusion_sampler != "ddpm":
+            return self.train_diffusion.solve(model_fn, (m, self.token_dim), diffusion_sampler, steps, timestep_spacing,
+                                              cond.device, temperature, rng)
+        key = (steps, timestep_spacing)
+        if key not in self._respaced:
+            self._respaced[key] = self.train_diffusion.respaced(steps, timestep_spacing)
+        return self._respaced[key].sample(model_fn, (m, self.token_dim), cond.device, temperature=temperature, rng=rng)
 
 
 class LogitsHead(nn.Module):

@@ -7,7 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.normalizers import Lowercase
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from tokenizers.processors import TemplateProcessing
 from torch import Tensor, nn
+from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from .frozen import keep_out_of_checkpoints
 from .transformer import Block
@@ -18,8 +24,11 @@ class T5TextEncoder(nn.Module):
 
     ``pretrained`` is a local directory or a hub id (T5-XXL in the Fluid paper); its weights are
     reloaded from there and therefore left out of checkpoints. ``config`` instead builds a randomly
-    initialised ``T5Config(**config)`` with a byte-level (ByT5) tokenizer that needs no files — for
-    tests and tiny CPU runs; those weights are saved with the checkpoint.
+    initialised ``T5Config(**config)`` that needs no files — for tests and tiny CPU runs; those
+    weights are saved with the checkpoint. Its tokenizer is byte-level (ByT5), or, given ``words``,
+    word-level over them (lower-cased, split at whitespace; other words map to one unknown token):
+    one token per word, as T5's own subword tokenizer gives for common words, where bytes leave a
+    small model to learn spelling first.
     """
 
     def __init__(
@@ -28,12 +37,14 @@ class T5TextEncoder(nn.Module):
         config: dict[str, Any] | None = None,
         max_length: int = 128,
         trainable: bool = False,
+        words: list[str] | None = None,
     ):
         super().__init__()
-        from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
-
         if (pretrained is None) == (config is None):
             raise ValueError("T5TextEncoder needs exactly one of `pretrained` (path or hub id) or `config` (a T5Config dict)")
+        if words is not None and pretrained is not None:
+            raise ValueError("T5TextEncoder: `words` builds a tokenizer for a random T5 (`config`); a pretrained T5 "
+                             "brings its own")
         self.pretrained = pretrained
         self.max_length = max_length
         self.trainable = trainable
@@ -47,8 +58,8 @@ class T5TextEncoder(nn.Module):
                     "tokenizer files (hub ids need network access and HF_HUB_OFFLINE unset)"
                 ) from err
         else:
-            self.model = T5EncoderModel(T5Config(**{"vocab_size": 384, **config}))
-            self.tokenizer = ByT5Tokenizer()
+            self.tokenizer = ByT5Tokenizer() if words is None else word_tokenizer(words)
+            self.model = T5EncoderModel(T5Config(**{"vocab_size": max(384, len(self.tokenizer)), **config}))
         if not trainable:
             self.model.requires_grad_(False)
             self.model.eval()
@@ -113,3 +124,15 @@ class TextAligner(nn.Module):
         x = torch.where(drop[:, None, None], null_ctx, x)
         mask = torch.where(drop[:, None], null_mask, text_mask)
         return x, mask
+
+
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``words`` with T5's special tokens (pad 0, end 1, unknown 2)."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in words:
+        vocab.setdefault(word.lower(), len(vocab))
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = Lowercase()
+    backend.pre_tokenizer = WhitespaceSplit()
+    backend.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")

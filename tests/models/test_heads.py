@@ -77,7 +77,58 @@ def test_sampler_with_exact_eps_recovers_gaussian(
     assert ((x.std(0) / sd) - 1).abs().max() < 0.08
 
 
+@pytest.mark.parametrize("solver,steps,spacing", [("ddim", 50, "trailing"), ("dpm++", 20, "linspace")])
+def test_fewer_step_solvers_with_exact_eps_recover_gaussian(solver: str, steps: int, spacing: str) -> None:
+    """diffusers' DDIM and DPM-Solver++ on this schedule reproduce the data (DPM-Solver++ in 20 steps)."""
+    mu, sd = MU[0], SD[0]
+    train = GaussianDiffusion(1000, "cosine", learn_sigma=True)
+    ac = train.alphas_cumprod
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, b2 = ac[t].sqrt()[:, None], (1 - ac[t])[:, None]
+        x0 = mu + a * sd**2 / (a**2 * sd**2 + b2) * (x - a * mu)
+        eps = (x - a * x0) / b2.sqrt()
+        return torch.cat([eps, torch.full_like(eps, 7.0)], -1)  # the variance half is ignored
+
+    x = train.solve(eps_fn, (4000, 2), solver, steps, spacing, rng=_gen(0))
+    assert (x.mean(0) - mu).abs().max() < 0.05
+    assert ((x.std(0) / sd) - 1).abs().max() < 0.08
+
+
+def test_timestep_spacings_follow_diffusers() -> None:
+    assert space_timesteps(1000, 4, "linspace") == [0, 333, 666, 999]
+    assert space_timesteps(1000, 4, "leading") == [0, 250, 500, 750]
+    assert space_timesteps(1000, 4, "trailing") == [249, 499, 749, 999]
+    with pytest.raises(ValueError, match="spacing"):
+        space_timesteps(1000, 4, "uniform")
+    # The first sampling step scales the ε error by sqrt(1/ᾱ - 1): ~2e4 from the cosine schedule's t = 999.
+    full = GaussianDiffusion(1000, "cosine")
+    assert full.respaced(50, "linspace")._t["sqrt_recipm1_ac"][-1] > 1e4
+    assert full.respaced(50, "leading")._t["sqrt_recipm1_ac"][-1] < 100
+
+
 # ---------------------------------------------------------------- diffusion head
+def test_a_briefly_trained_cosine_head_blows_up_from_the_singular_step_only() -> None:
+    """Sampled over linspace (from t = 999) its ε error is multiplied by ~2e4 in the first step and the
+    samples explode; over leading timesteps (never t = 999) the same weights match the data."""
+    torch.manual_seed(0)
+    head = DiffusionHead(2, 2, width=64, depth=2, noise_schedule="cosine", num_sampling_steps=50)
+    opt = torch.optim.Adam(head.parameters(), lr=2e-3)
+    g = _gen(0)
+    for _ in range(300):
+        labels = torch.randint(0, 2, (64,), generator=g)
+        loss = head.loss(_draw(labels, g), F.one_hot(labels, 2).float(), rng=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cond = F.one_hot(torch.zeros(2000, dtype=torch.long), 2).float()
+    exploded = head.sample(cond, rng=_gen(1), timestep_spacing="linspace")
+    assert exploded.std(0).min() > 10 * SD[0].max()
+    x = head.sample(cond, rng=_gen(1), timestep_spacing="leading")
+    assert (x.mean(0) - MU[0]).abs().max() < 0.2, x.mean(0)
+    assert ((x.std(0) / SD[0]) - 1).abs().max() < 0.3, x.std(0)
+
+
 @pytest.mark.parametrize("learn_sigma", [True, False])
 def test_diffusion_head_learns_conditional_gaussians(learn_sigma: bool) -> None:
     # The linear schedule: with cosine, the first sampling step (SNR ~1e-9 at t=999) needs ε accurate to
