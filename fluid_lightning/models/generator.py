@@ -239,10 +239,11 @@ class FluidGenerator(nn.Module):
         rank = scores.argsort(dim=1).argsort(dim=1)
         masked = torch.ones(b, n, dtype=torch.bool, device=out.device)
         schedule = cosine_mask_schedule(n, min(num_steps, n))
+        text_cache = KVCache.empty(self.depth, self_attention=False)  # text keys/values, projected once
         for n_next in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
             x = torch.where(masked[..., None], self.mask_token.to(ctx.dtype), self.embed(out).to(ctx.dtype))
             x = x + self.pos_embed
-            z = self._run(torch.cat([x, x]) if guided else x, ctx, ctx_mask)
+            z = self._run(torch.cat([x, x]) if guided else x, ctx, ctx_mask, text_cache)
             still_masked = rank >= n - n_next  # tokens are revealed in their sample's order
             to_predict = masked & ~still_masked
             cond = z[:b][to_predict]

@@ -19,12 +19,15 @@ from torch import Tensor, nn
 
 @dataclass
 class LayerCache:
-    """Per-block decoding state: self-attention keys/values grown one step at a time and the
-    text keys/values, which do not change during sampling and are projected once."""
+    """Per-block decoding state: self-attention keys/values grown one step at a time (raster order)
+    and the text keys/values, which do not change during sampling and are projected once. Random
+    order re-reads every token each step, so its cache keeps the text keys/values only
+    (``self_attention=False``)."""
 
     self_k: Tensor | None = None
     self_v: Tensor | None = None
     cross_kv: tuple[Tensor, Tensor] | None = None
+    self_attention: bool = True
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self.self_k is None:
@@ -40,8 +43,8 @@ class KVCache:
     layers: list[LayerCache] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, depth: int) -> KVCache:
-        return cls([LayerCache() for _ in range(depth)])
+    def empty(cls, depth: int, self_attention: bool = True) -> KVCache:
+        return cls([LayerCache(self_attention=self_attention) for _ in range(depth)])
 
     @property
     def length(self) -> int:
@@ -112,7 +115,7 @@ class SelfAttention(nn.Module):
         self, x: Tensor, mask: Tensor | None = None, causal: bool = False, cache: LayerCache | None = None
     ) -> Tensor:
         q, k, v = (_split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
-        if cache is not None:
+        if cache is not None and cache.self_attention:
             past = 0 if cache.self_k is None else cache.self_k.shape[2]
             k, v = cache.append(k, v)
             if causal and q.shape[2] > 1:

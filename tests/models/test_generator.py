@@ -4,6 +4,7 @@ import pytest
 import torch
 from tiny import tiny_generator
 
+from fluid_lightning.models import generator as generator_module
 from fluid_lightning.models.generator import cosine_mask_schedule, truncated_normal
 
 VARIANTS = [(t, o) for t in ("continuous", "discrete") for o in ("random", "raster")]
@@ -98,6 +99,27 @@ def test_raster_kv_cache_gives_exactly_the_uncached_tokens(tokens, cfg, text):
         assert torch.equal(cached, uncached)
     else:
         torch.testing.assert_close(cached, uncached, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("tokens", ["continuous", "discrete"])
+def test_random_order_text_keys_projected_once_give_the_recomputed_tokens(tokens, text, monkeypatch):
+    torch.manual_seed(0)
+    gen = tiny_generator(tokens, "random").double().eval()
+    emb, mask = text
+    emb = emb.double()
+
+    projections = []
+    kv = gen.blocks[0].cross.kv
+    monkeypatch.setattr(kv, "forward", lambda x, forward=kv.forward: projections.append(1) or forward(x))
+
+    def run():
+        projections.clear()
+        return gen.sample(emb, mask, num_steps=4, cfg=3.0, rng=torch.Generator().manual_seed(3))
+
+    cached = run()
+    assert len(projections) == 1  # once per sample, not once per step
+    monkeypatch.setattr(generator_module.KVCache, "empty", classmethod(lambda cls, depth, self_attention=True: None))
+    assert torch.equal(run(), cached) and len(projections) == 4
 
 
 @pytest.mark.parametrize("tokens,order", VARIANTS)
