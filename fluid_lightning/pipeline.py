@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -54,11 +54,13 @@ class FluidPipeline:
         return (sampling or self.sampling).replace(**changes)
 
     def generate(self, prompts: list[str] | str, sampling: SamplingSettings | None = None,
-                 rng: torch.Generator | None = None, progress: bool = False, **changes) -> Tensor:
-        """Images [B, 3, H, W] in [0, 1]. The same seed gives the same images."""
+                 rng: torch.Generator | None = None, progress: bool = False,
+                 on_step: Callable[[Tensor, Tensor], None] | None = None, **changes) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1]. The same seed gives the same images. ``on_step(tokens,
+        still_masked)`` sees the tokens after every sampling step (decode them to watch a sample form)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return generate_images(self.generator, self.tokenizer, self.text_encoder, prompts,
-                               self.settings(sampling, **changes), rng, progress)
+                               self.settings(sampling, **changes), rng, progress, on_step)
 
     def __call__(self, prompts: list[str] | str, sampling: SamplingSettings | None = None, **changes) -> list[Image.Image]:
         return to_pil(self.generate(prompts, sampling, **changes))

@@ -12,6 +12,7 @@ In YAML it is a mapping (``model.init_args.sampling: {steps: 32, cfg: 3.0}``, or
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,12 +75,14 @@ class SamplingSettings:
 
 @torch.no_grad()
 def generate_images(generator: FluidGenerator, tokenizer: nn.Module, text_encoder: nn.Module, prompts: list[str],
-                    settings: SamplingSettings, rng: torch.Generator | None = None, progress: bool = False) -> Tensor:
+                    settings: SamplingSettings, rng: torch.Generator | None = None, progress: bool = False,
+                    on_step: Callable[[Tensor, Tensor], None] | None = None) -> Tensor:
     """Images [B, 3, H, W] in [0, 1] for the prompts: text features → tokens → pixels.
 
     ``rng`` carries one random stream through several calls (a batch loop); without it the call uses a
     fresh one from ``settings.seed``. The parts may differ in dtype (under bf16-true the EMA copy
-    stays float32): text and tokens are cast to each part's."""
+    stays float32): text and tokens are cast to each part's. ``on_step(tokens, still_masked)``: see
+    `FluidGenerator.sample`."""
     device = next(generator.parameters()).device
     rng = rng if rng is not None else settings.rng(device)
     was_training = generator.training
@@ -90,7 +93,7 @@ def generate_images(generator: FluidGenerator, tokenizer: nn.Module, text_encode
             text.to(dtype_of(generator)), text_mask, num_steps=settings.steps, cfg=settings.cfg,
             cfg_schedule=settings.cfg_schedule, temperature=settings.temperature, top_k=settings.top_k,
             use_kv_cache=settings.kv_cache, rng=rng, progress=progress, diffusion_steps=settings.diffusion_steps,
-            diffusion_sampler=settings.diffusion_sampler, timestep_spacing=settings.timestep_spacing,
+            diffusion_sampler=settings.diffusion_sampler, timestep_spacing=settings.timestep_spacing, on_step=on_step,
         )
         images = tokenizer.decode(tokens.to(dtype_of(tokenizer)) if tokens.is_floating_point() else tokens)
     finally:

@@ -14,6 +14,7 @@ Random draws take ``rng``, a ``torch.Generator`` (None: the global stream).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -197,6 +198,7 @@ class FluidGenerator(nn.Module):
         diffusion_steps: int | None = None,
         diffusion_sampler: str = "ddpm",
         timestep_spacing: str = "leading",
+        on_step: Callable[[Tensor, Tensor], None] | None = None,
     ) -> Tensor:
         """Generate tokens for B text conditions.
 
@@ -205,6 +207,7 @@ class FluidGenerator(nn.Module):
         from 1 to ``cfg`` with the fraction of tokens revealed (MAR). ``num_steps`` applies to
         random order (capped at N); raster order always takes N steps. ``diffusion_*`` and
         ``timestep_spacing`` choose how the diffusion head samples each token (`DiffusionHead.sample`).
+        ``on_step(tokens, still_masked)`` sees the tokens after every step (to watch a sample form).
         """
         if cfg_schedule not in ("constant", "linear"):
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
@@ -230,10 +233,10 @@ class FluidGenerator(nn.Module):
             )
 
         if self.order == "random":
-            return self._sample_random(out, ctx, ctx_mask, num_steps, guided, predict, rng, progress)
-        return self._sample_raster(out, ctx, ctx_mask, use_kv_cache, guided, predict, progress)
+            return self._sample_random(out, ctx, ctx_mask, num_steps, guided, predict, rng, progress, on_step)
+        return self._sample_raster(out, ctx, ctx_mask, use_kv_cache, guided, predict, progress, on_step)
 
-    def _sample_random(self, out, ctx, ctx_mask, num_steps, guided, predict, rng, progress) -> Tensor:
+    def _sample_random(self, out, ctx, ctx_mask, num_steps, guided, predict, rng, progress, on_step) -> Tensor:
         b, n = out.shape[:2]
         scores = draws.uniform((b, n), out.device, rng)
         rank = scores.argsort(dim=1).argsort(dim=1)
@@ -251,9 +254,11 @@ class FluidGenerator(nn.Module):
                 cond = torch.cat([cond, z[b:][to_predict]])
             out[to_predict] = predict(cond, n - n_next).to(out.dtype)
             masked = still_masked
+            if on_step is not None:
+                on_step(out.clone(), masked.clone())
         return out
 
-    def _sample_raster(self, out, ctx, ctx_mask, use_kv_cache, guided, predict, progress) -> Tensor:
+    def _sample_raster(self, out, ctx, ctx_mask, use_kv_cache, guided, predict, progress, on_step) -> Tensor:
         b, n = out.shape[:2]
         rows = 2 * b if guided else b
         cache = KVCache.empty(self.depth) if use_kv_cache else None
@@ -268,6 +273,8 @@ class FluidGenerator(nn.Module):
                 x = torch.cat([start, self.embed(out[:, :i]).repeat(rows // b, 1, 1).to(ctx.dtype)], dim=1)
                 z = self._run(x + self.pos_embed[:, : i + 1], ctx, ctx_mask)[:, -1]
             out[:, i] = predict(z, i + 1).to(out.dtype)
+            if on_step is not None:
+                on_step(out.clone(), (torch.arange(n, device=out.device) > i).expand(b, n))
         return out
 
 

@@ -201,3 +201,16 @@ def test_the_learned_token_is_named_for_its_role_and_old_state_dicts_load(order,
     fresh = tiny_generator("continuous", order)
     fresh.load_state_dict(old, strict=True)  # a state dict written before the rename
     torch.testing.assert_close(getattr(fresh, name), getattr(gen, name) + 1)
+
+
+@pytest.mark.parametrize("order", ["random", "raster"])
+def test_on_step_sees_every_step_and_the_last_one_is_the_sample(order, text):
+    torch.manual_seed(0)
+    gen = tiny_generator("discrete", order).eval()
+    frames = []
+    out = gen.sample(*text, num_steps=4, rng=torch.Generator().manual_seed(0),
+                     on_step=lambda tokens, masked: frames.append((tokens, masked)))
+    assert len(frames) == (4 if order == "random" else gen.num_tokens)
+    revealed = [int((~masked).sum()) for _, masked in frames]
+    assert revealed == sorted(revealed) and revealed[-1] == 3 * gen.num_tokens
+    assert torch.equal(frames[-1][0], out)
