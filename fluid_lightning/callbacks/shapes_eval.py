@@ -23,17 +23,20 @@ from .periodic import ImageCallback, publish_metrics
 
 
 class ShapesEvalCallback(ImageCallback):
-    def __init__(self, metadata: str | None = None, per_prompt: int = 1, every_n_steps: int = 1000,
+    def __init__(self, metadata: str | None = None, min_per_tag: int = 16, per_prompt: int = 1,
+                 every_n_steps: int = 1000,
                  on_fit_end: bool = True, max_prompts: int | None = None, sampling: SamplingSettings | None = None,
                  batch_size: int = 64, out_file: str | None = None, hp_metric: bool = True):
         """``metadata``: a GenEval JSONL (``evaluation_metadata.jsonl`` from `data shapes`); None uses
-        ``evaluation_suite()`` (all six tags, held-out prompts included). A path that does not exist
-        is reported once and the callback stays off; training goes on. ``max_prompts``: evaluate
+        ``evaluation_suite(min_per_tag)`` (all six tags, held-out prompts included, each tag's prompts
+        repeated to ``min_per_tag`` records: 148 at 16, against ~1000 images in `evaluate generate`).
+        A path that does not exist is reported once and the callback stays off; training goes on. ``max_prompts``: evaluate
         the first N records only (quick looks). ``out_file``: per-image results as JSONL, rewritten
         at every evaluation (rank 0). ``hp_metric``: the final ``shapes/overall`` becomes the run's
         ``hp_metric``, so TensorBoard's HPARAMS tab compares runs by it."""
         super().__init__(every_n_steps, on_fit_end, sampling, batch_size)
         self.metadata_path, self.per_prompt, self.max_prompts = metadata, per_prompt, max_prompts
+        self.min_per_tag = min_per_tag
         self.out_file, self.hp_metric = out_file, hp_metric
         self.records: list[dict] | None = None
         self.last_summary: dict | None = None
@@ -42,7 +45,7 @@ class ShapesEvalCallback(ImageCallback):
         if self.records is not None or self.off_because is not None:
             return
         if self.metadata_path is None:
-            records = [geneval_metadata(spec) for spec in evaluation_suite()]
+            records = [geneval_metadata(spec) for spec in evaluation_suite(min_per_tag=self.min_per_tag)]
         elif not Path(self.metadata_path).is_file():
             return self.switch_off(f"no metadata file at {self.metadata_path} (write one with "
                                    "`python -m fluid_lightning data shapes --out DIR`, or pass metadata: null "

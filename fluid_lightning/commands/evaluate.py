@@ -29,6 +29,7 @@ from .common import (
 )
 
 HELP = "generate GenEval-layout samples, score shapes-world images, FID"
+SUITE_PER_TAG = 32  # x 4 images per prompt: >= 128 images per tag, ~1000 in all
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--ckpt", required=True, help="checkpoint written by `fit` (.ckpt) or a consolidated .safetensors")
     gen.add_argument("--metadata", default=None, help="GenEval prompt records, one JSON per line "
                      "(evaluation_metadata.jsonl); default: the shapes world's evaluation suite")
+    gen.add_argument("--min-per-tag", type=int, default=SUITE_PER_TAG,
+                     help=f"the suite's prompts repeated until every tag has this many (default {SUITE_PER_TAG})")
     gen.add_argument("--out", required=True, help="output folder: <out>/00000/{metadata.jsonl,samples/00000.png}")
     gen.add_argument("--per-prompt", type=positive_int, default=4, help="images per prompt (GenEval uses 4)")
     _add_generation_arguments(gen)
@@ -71,7 +74,7 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_generate(ns: argparse.Namespace) -> int:
     if ns.metadata is None:
-        records = [geneval_metadata(spec) for spec in evaluation_suite()]
+        records = [geneval_metadata(spec) for spec in evaluation_suite(min_per_tag=ns.min_per_tag)]
     else:
         records = read_metadata(ns.metadata)
         if not records:

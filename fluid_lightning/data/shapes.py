@@ -251,10 +251,14 @@ def spec_from_dict(data: dict) -> SceneSpec:
                      data["relation"], data["layout_seed"])
 
 
-def evaluation_suite(n_color_attr: int = 40, seed: int = 0) -> list[SceneSpec]:
+def evaluation_suite(n_color_attr: int = 40, seed: int = 0, min_per_tag: int = 0) -> list[SceneSpec]:
     """The evaluation prompts: every single_object, two_object, counting, colors and
     (uncoloured, GenEval-style) position prompt, plus `n_color_attr` color_attr prompts,
-    half of them naming a held-out colour×shape pair. Unnamed colours are arbitrary."""
+    half of them naming a held-out colour×shape pair. Unnamed colours are arbitrary.
+
+    `min_per_tag`: repeat each tag's prompts (all of them, the same number of times) until the tag
+    has at least this many records, for steadier per-tag scores: the suite has only 3 single_object
+    and 6 two_object prompts."""
     rng = random.Random(f"suite:{seed}")
     specs: list[SceneSpec] = []
 
@@ -290,7 +294,10 @@ def evaluation_suite(n_color_attr: int = 40, seed: int = 0) -> list[SceneSpec]:
             seen.add(spec.objects)
             wanted[held] -= 1
             specs.append(spec)
-    return specs
+    by_tag: dict[str, list[SceneSpec]] = {}
+    for spec in specs:
+        by_tag.setdefault(spec.tag, []).append(spec)
+    return [spec for group in by_tag.values() for spec in group * max(1, -(-min_per_tag // len(group)))]
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:

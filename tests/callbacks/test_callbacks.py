@@ -50,7 +50,7 @@ def test_callbacks_write_images_text_and_scalars_to_tensorboard(tmp_path):
     callbacks = [
         ImageGrid(PROMPTS, every_n_steps=2, sampling=quick, scale=2),
         Throughput(peak_flops=1e12, window=2),
-        ShapesEvalCallback(every_n_steps=2, max_prompts=12, sampling=quick, out_file=str(tmp_path / "shapes.jsonl")),
+        ShapesEvalCallback(every_n_steps=2, min_per_tag=0, max_prompts=12, sampling=quick, out_file=str(tmp_path / "shapes.jsonl")),
         FIDCallback(num_images=8, every_n_steps=2, sampling=quick),
     ]
     log_dir = _fit(tmp_path, callbacks)

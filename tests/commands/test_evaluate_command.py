@@ -76,8 +76,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def test_generate_without_metadata_uses_the_shapes_suite(checkpoint, tmp_path):
     out = tmp_path / "suite"
     main(["evaluate", "generate", "--ckpt", str(checkpoint), "--out", str(out), "--per-prompt", "1", "--steps", "1",
-          "--no-progress"])
-    assert len(list(out.glob("*/samples/00000.png"))) == len(SUITE)
+          "--min-per-tag", "8", "--no-progress"])
+    assert len(list(out.glob("*/samples/00000.png"))) == len(evaluation_suite(min_per_tag=8)) > len(SUITE)
 
 
 def test_shapes_command_prints_the_summary(tmp_path, capsys):

@@ -167,3 +167,13 @@ def test_datamodule_batch_contract():
     assert item["caption"] == caption
     expected = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
     assert torch.allclose(item["image"], expected)
+
+
+def test_the_suite_can_repeat_each_tags_prompts_to_a_minimum():
+    base = evaluation_suite()
+    large = evaluation_suite(min_per_tag=32)
+    counts = {tag: sum(s.tag == tag for s in large) for tag in TAGS}
+    assert min(counts.values()) >= 32 and set(large) == set(base)
+    for tag in TAGS:  # every prompt of a tag repeated the same number of times
+        group = [s for s in base if s.tag == tag]
+        assert counts[tag] % len(group) == 0 and all(large.count(s) == counts[tag] // len(group) for s in group)
