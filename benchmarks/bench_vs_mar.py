@@ -120,13 +120,16 @@ class Runner:
         self.optimizer.step()
 
     @torch.no_grad()
-    def sample(self, cfg: float, images: int) -> None:
+    def sample(self, cfg: float, images: int, sampler: tuple[str, int, int] = ("ddpm", 25, 16)) -> None:
+        """MAR: 16 AR steps of 25-step DDPM; ours: (diffusion sampler, its steps, AR steps)."""
         self.model.eval()
         with self._autocast(), cuda_calls_stay_on(self.device):
             if self.name == "MAR":
                 self.model.sample_tokens(images, num_iter=16, cfg=cfg, labels=self.labels[:images])
             else:
-                self.model.sample(self.text[:images], self.text_mask[:images], num_steps=16, cfg=cfg)
+                name, diffusion_steps, ar_steps = sampler
+                self.model.sample(self.text[:images], self.text_mask[:images], num_steps=ar_steps, cfg=cfg,
+                                  diffusion_sampler=name, diffusion_steps=diffusion_steps)
 
     def train_flops(self, draws: int = 8) -> float:
         """Mean FLOPs of a training step over ``draws`` seeded draws: both models' work depends on the
@@ -193,6 +196,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="timed steps per model and row")
     parser.add_argument("--sample-rounds", type=int, default=3)
     parser.add_argument("--mar-depth", type=int, default=4, help="MAR encoder blocks = decoder blocks")
+    parser.add_argument("--samplers", nargs="*", default=["dpm++:12:16", "dpm++:12:8"],
+                        help="our fewer-step settings beside MAR's sampler, as sampler:diffusion steps:AR steps "
+                             "(their image quality: benchmarks/bench_samplers.py)")
+    parser.add_argument("--skip-train", action="store_true", help="sampling rows only")
     ns = parser.parse_args()
     if ns.mar is None or not (ns.mar / "models" / "mar.py").is_file():
         sys.exit("bench_vs_mar: give --mar /path/to/a/clone/of/github.com/LTH14/mar (git clone "
@@ -214,7 +221,8 @@ def main() -> None:
           "the last column divides by the peak measured again just before the row")
     print("| row | MAR s | ours s | ours / MAR | FLOPs ours / MAR | ours FLOP/s / its peak |")
     print("|---|---|---|---|---|---|")
-    for dropout in (0.0, 0.1):
+    matched_depth = ours_depth_matching(Runner("MAR", build_mar(mar, ns.mar_depth, 0.0), device).train_flops(), 0.0, device)
+    for dropout in () if ns.skip_train else (0.0, 0.1):
         torch.manual_seed(0)
         mar_runner = Runner("MAR", build_mar(mar, ns.mar_depth, dropout), device)
         mar_flops = mar_runner.train_flops()
@@ -231,14 +239,18 @@ def main() -> None:
             m, o = statistics.median(times["MAR"]), statistics.median(times["ours"])
             print(f"| {label} | {m:.3f} | {o:.3f} | {o / m:.2f} | {flops / mar_flops:.2f} | {flops / o / peak:.0%} |",
                   flush=True)
+    samplers = [("ddpm", 25, 16)] + [tuple(int(x) if x.isdigit() else x for x in s.split(":")) for s in ns.samplers]
     for cfg in (1.0, 3.0):
         for depth, autocast in ((2 * ns.mar_depth, False), (matched_depth, False), (matched_depth, True))[: 3 if bf16 else 2]:
-            mar_runner = Runner("MAR", build_mar(mar, ns.mar_depth, 0.0), device)
-            ours = Runner("ours", build_ours(depth, 0.0), device, bf16=autocast)
-            times = take_turns([mar_runner, ours], lambda r, c=cfg: r.sample(c, BATCH), ns.sample_rounds, warmup=1)
-            m, o = (statistics.median(times[k]) / BATCH for k in ("MAR", "ours"))
-            label = f"sample per image, cfg {cfg}, {depth} blocks{', ours bf16' if autocast else ''}"
-            print(f"| {label} | {m:.3f} | {o:.3f} | {o / m:.2f} | | |", flush=True)
+            for sampler in samplers if depth == matched_depth else samplers[:1]:
+                mar_runner = Runner("MAR", build_mar(mar, ns.mar_depth, 0.0), device)
+                ours = Runner("ours", build_ours(depth, 0.0), device, bf16=autocast)
+                times = take_turns([mar_runner, ours], lambda r, c=cfg, s=sampler: r.sample(c, BATCH, s),
+                                   ns.sample_rounds, warmup=1)
+                m, o = (statistics.median(times[k]) / BATCH for k in ("MAR", "ours"))
+                label = (f"sample per image, cfg {cfg}, {depth} blocks, ours {sampler[0]} {sampler[1]} steps x "
+                         f"{sampler[2]} AR steps{', bf16' if autocast else ''}")
+                print(f"| {label} | {m:.3f} | {o:.3f} | {o / m:.2f} | | |", flush=True)
 
 
 if __name__ == "__main__":
