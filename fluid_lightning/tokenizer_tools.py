@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 from tqdm import tqdm
 
 from .checkpointing import load, safe_load
 from .data.samples import ImageDecoder, SampleCounters, expand_shard_urls
 from .data.shapes import ShapesDataset
 from .data.shards import write_latent_shards
+from .data.tarstream import tarfile_samples
 from .lit.tokenizer_module import TokenizerModule
 from .models.autoencoders import STATS_FILE, AutoencoderTokenizer, KLTokenizer, VQTokenizer, resolve_local
 
@@ -105,7 +105,7 @@ def shards_plan(urls: str | list[str], image_size: int) -> list[tuple[str, Calla
     decoder = ImageDecoder(image_size, random_crop=False, caption_key="caption", counters=SampleCounters())
 
     def shard(url: str) -> Iterator[Sample]:
-        samples = wds.tariterators.tarfile_samples([{"url": url}])
+        samples = tarfile_samples([{"url": url}])
         for sample in decoder(samples, random.Random(0)):
             yield sample["key"], sample["image"], sample["caption"]
 
