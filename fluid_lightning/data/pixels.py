@@ -10,9 +10,12 @@ a converted uint8 batch equals the float batch of the same images exactly.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
 SCALE = 1 / 127.5  # float32 arithmetic: v * float32(SCALE) - 1, as shapes.image_to_tensor does
 
@@ -26,21 +29,34 @@ def images_to_float(images: Tensor) -> Tensor:
     return out.mul_(SCALE).sub_(1.0)
 
 
+def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised tensor; in a DataLoader worker, in shared memory from the start, as torch's
+    default_collate does (the queue to the main process would otherwise copy the batch into it)."""
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # what default_collate uses
+    if get_worker_info() is None or new_shared is None:
+        return torch.empty(shape, dtype=dtype)
+    return torch.empty(0, dtype=dtype).set_(new_shared(math.prod(shape) * dtype.itemsize)).view(shape)
+
+
 def collate_pixels(samples: list[dict], image_dtype: str = "uint8") -> dict:
     """Samples whose ``"image"`` is uint8 [S, S, 3] (`samples.ImageDecoder`) → the batch contract.
 
     One copy: the images are stacked as [B, S, S, 3] and handed over as the [B, 3, S, S] view of that
-    (channels-last memory, `torch.channels_last`), which is what JPEG decoding produces; `images_to_float`
-    returns an ordinary contiguous float batch. ``image_dtype="float32"``: converted here instead, contiguous.
+    (channels-last memory, `torch.channels_last`), the layout decoding produces; `images_to_float`
+    returns an ordinary contiguous float batch. ``image_dtype="float32"``: converted here instead, into a
+    contiguous [B, 3, S, S] float batch, by the same float32 arithmetic.
     """
-    pixels = np.stack([s["image"] for s in samples])
+    b, (h, w, c) = len(samples), samples[0]["image"].shape
     if image_dtype == "uint8":
-        images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+        pixels = _batch_buffer((b, h, w, c), torch.uint8)
+        np.stack([s["image"] for s in samples], out=pixels.numpy())
+        images = pixels.permute(0, 3, 1, 2)
     elif image_dtype == "float32":
-        array = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=np.float32)
-        np.multiply(pixels.transpose(0, 3, 1, 2), np.float32(SCALE), out=array)
+        images = _batch_buffer((b, c, h, w), torch.float32)
+        array = images.numpy()
+        for i, sample in enumerate(samples):
+            np.multiply(sample["image"].transpose(2, 0, 1), np.float32(SCALE), out=array[i])
         array -= np.float32(1.0)
-        images = torch.from_numpy(array)
     else:
         raise ValueError(f"image_dtype must be uint8|float32, got {image_dtype!r}")
     return {"image": images, "caption": [s["caption"] for s in samples], "key": [s["key"] for s in samples]}

@@ -146,3 +146,17 @@ def test_draft_decoding_stays_within_jpeg_tolerance_of_a_full_decode(width, heig
     assert drafted.shape == (size, size, 3)
     assert 0 < error < 2.0, error
     assert error < jpeg_error, (error, jpeg_error)
+
+
+def test_batches_from_worker_processes_hold_the_same_pixels(mixed_shards):
+    """Workers stack straight into shared memory; the batches that arrive are the in-process ones."""
+    def images_by_key(workers: int, image_dtype: str) -> dict[str, torch.Tensor]:
+        dm = WebDataModule(mixed_shards, image_size=32, batch_size=5, num_workers=workers, shuffle_buffer=0,
+                           resampled=False, random_crop=False, pin_memory=False, persistent_workers=False,
+                           image_dtype=image_dtype)
+        return {key: image for batch in dm.train_dataloader() for key, image in zip(batch["key"], batch["image"])}
+
+    for image_dtype in ("uint8", "float32"):
+        in_process, from_workers = images_by_key(0, image_dtype), images_by_key(2, image_dtype)
+        assert sorted(in_process) == sorted(from_workers) and len(in_process) == 24
+        assert all(torch.equal(in_process[key], from_workers[key]) for key in in_process)
