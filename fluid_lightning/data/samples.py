@@ -192,8 +192,8 @@ class ImageDecoder(_SampleDecoder):
                 scale = size / min(width, height)
                 image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
                                      Image.Resampling.BICUBIC)
-            pixels = np.asarray(image)  # [H, W, 3] uint8, read-only
-        height, width = pixels.shape[:2]
+                width, height = image.size
+            pixels = np.frombuffer(image.tobytes(), np.uint8).reshape(height, width, 3)  # read-only, no copy
         if self.random_crop:
             left, top = rng.randint(0, width - size), rng.randint(0, height - size)
         else:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 import webdataset as wds
 
 BLOCK = 512
+READ_BUFFER = 1 << 20  # per open shard: members come out of the buffer, not a read() call each
 _REGULAR = (b"0", b"\0", b"7")  # tarfile's REGULAR_TYPES, less GNU sparse (refused below)
 _SUPPORTED = _REGULAR + (b"1", b"2", b"3", b"4", b"5", b"6", b"L", b"K", b"S", b"x", b"g", b"X")
 _GNU = (b"L", b"K", b"S")
@@ -231,4 +232,4 @@ def _samples(streams: Iterable[dict], handler: Callable[[Exception], bool]) -> I
 def tarfile_samples(sources: Iterable[dict], handler: Callable[[Exception], bool] = wds.reraise_exception
                     ) -> Iterator[dict]:
     """Samples (``{"__key__", "__url__", ext: bytes, ...}``) of the shards ``{"url": ...}`` in `sources`."""
-    return _samples(wds.tariterators.url_opener(sources, handler=handler), handler)
+    return _samples(wds.tariterators.url_opener(sources, handler=handler, bufsize=READ_BUFFER), handler)

@@ -124,6 +124,12 @@ class ShardBatchStream(IterableDataset):
             yield self.collate(batch)
 
 
+def as_is(batch: dict) -> dict:
+    """The DataLoader's collate_fn: batches are made in the stream (torch's default_convert would walk
+    every caption and key of every batch again)."""
+    return batch
+
+
 class EpochDataLoader(CountingDataLoader):
     """DataLoader that tells its `ShardBatchStream` which epoch is starting (this runs in
     the main process, before non-persistent workers copy the dataset), and whose position
@@ -251,7 +257,7 @@ class WebDataModule(LightningDataModule):
     def _loader(self, stream: ShardBatchStream) -> DataLoader:
         workers = self.num_workers
         return EpochDataLoader(
-            stream, batch_size=None, num_workers=workers,
+            stream, batch_size=None, num_workers=workers, collate_fn=as_is,
             pin_memory=torch.cuda.is_available() if self.pin_memory is None else self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None)
