@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 from tqdm import tqdm
 
 from .checkpointing import load, safe_load
+from .data.pixels import images_to_float
 from .data.samples import ImageDecoder, SampleCounters, expand_shard_urls
 from .data.shapes import ShapesDataset
 from .data.shards import write_latent_shards
+from .data.tarstream import tarfile_samples
 from .lit.tokenizer_module import TokenizerModule
 from .models.autoencoders import STATS_FILE, AutoencoderTokenizer, KLTokenizer, VQTokenizer, resolve_local
 
@@ -105,9 +106,9 @@ def shards_plan(urls: str | list[str], image_size: int) -> list[tuple[str, Calla
     decoder = ImageDecoder(image_size, random_crop=False, caption_key="caption", counters=SampleCounters())
 
     def shard(url: str) -> Iterator[Sample]:
-        samples = wds.tariterators.tarfile_samples([{"url": url}])
-        for sample in decoder(samples, random.Random(0)):
-            yield sample["key"], sample["image"], sample["caption"]
+        for sample in decoder(tarfile_samples([{"url": url}]), random.Random(0)):
+            pixels = torch.from_numpy(np.array(sample["image"].transpose(2, 0, 1), order="C"))  # [3, S, S] uint8
+            yield sample["key"], images_to_float(pixels), sample["caption"]
 
     return [(Path(url).name.removesuffix(".tar"), (lambda u=url: shard(u))) for url in expand_shard_urls(urls)]
 

@@ -1,4 +1,4 @@
-"""What only a CUDA GPU shows: CPU-seeded sampling on the GPU, bf16 on CUDA with the EMA and MFU,
+"""What only a CUDA GPU shows: uint8 batches converted on the GPU, CPU-seeded sampling on the GPU, bf16 on CUDA with the EMA and MFU,
 FSDP2 over NCCL with compiled, checkpointed blocks. Skipped without CUDA (CI); on a GPU machine run
 by ``benchmarks/gpu_checks.sh``."""
 
@@ -16,10 +16,20 @@ from tiny import CONF, ROOT, tiny_generator, tiny_module
 
 from fluid_lightning.callbacks import Throughput
 from fluid_lightning.checkpointing import safe_load
+from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.data.shapes import ShapesDataModule
 from fluid_lightning.sampling import SamplingSettings
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_uint8_batches_pinned_moved_and_converted_on_cuda_equal_the_cpu_floats():
+    values = torch.arange(256, dtype=torch.uint8).repeat(2 * 3 * 8 * 8 // 256 + 1)[: 2 * 8 * 8 * 3]
+    pixels = values.reshape(2, 8, 8, 3).permute(0, 3, 1, 2)  # channels-last, as WebDataModule delivers
+    on_gpu = images_to_float(pixels.pin_memory().to("cuda", non_blocking=True))
+    assert on_gpu.is_contiguous() and torch.equal(on_gpu.cpu(), images_to_float(pixels))
+    every_value = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(images_to_float(every_value.cuda()).cpu(), images_to_float(every_value))
 
 
 def test_a_cpu_generator_drives_cuda_sampling_like_on_the_cpu(text):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import lightning as L
 from torch import nn
 
+from ..data.pixels import images_to_float
 from ..evaluation.fid import TorchScriptFeatures, make_fid
 from ..sampling import SamplingSettings
 from .periodic import ImageCallback, publish_metrics, val_loader
@@ -52,7 +53,8 @@ class FIDCallback(ImageCallback):
         self.captions = []
         for batch in loader:
             images = batch["image"][: self.num_images - len(self.captions)]
-            self.metric.update(((images.to(pl_module.device).float() + 1) / 2).clamp(0, 1), real=True)
+            images = images_to_float(images.to(pl_module.device)).float()  # uint8 pixels or [-1, 1]
+            self.metric.update(((images + 1) / 2).clamp(0, 1), real=True)
             self.captions += list(batch["caption"][: len(images)])
             if len(self.captions) >= self.num_images:
                 break

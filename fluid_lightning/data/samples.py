@@ -18,8 +18,6 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from fluid_lightning.data.shapes import image_to_tensor
-
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 LATENT_EXTENSION = "latent.npy"
 COUNTERS = ("samples", "missing_image", "missing_caption", "bad_image", "bad_latent", "shard_errors")
@@ -139,7 +137,7 @@ class _SampleDecoder:
     def payload_key(self, sample: dict) -> str | None:
         raise NotImplementedError
 
-    def load(self, data: bytes, rng: random.Random) -> torch.Tensor:
+    def load(self, data: bytes, rng: random.Random) -> np.ndarray | torch.Tensor:
         raise NotImplementedError
 
     def __call__(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
@@ -162,11 +160,14 @@ class _SampleDecoder:
 
 
 class ImageDecoder(_SampleDecoder):
-    """Raw sample -> {"image": [3, S, S] in [-1, 1], "caption", "key"}, or skip.
+    """Raw sample -> {"image": uint8 [S, S, 3] (numpy, RGB), "caption", "key"}, or skip.
 
     Resizes the shorter side to `image_size` (bicubic) and crops S×S at the centre or,
     with `random_crop`, at a random offset. No horizontal flips: they would falsify
-    "left of"/"right of" captions.
+    "left of"/"right of" captions. A JPEG at least twice the size is decoded at 1/2, 1/4
+    or 1/8 scale (PIL's draft mode: the DCT does the first downscale, never below S) and
+    then resized. The crop is a view of the decoded pixels: `pixels.collate_pixels`
+    makes the one copy, into the batch.
     """
 
     output_key, bad_counter = "image", "bad_image"
@@ -178,23 +179,26 @@ class ImageDecoder(_SampleDecoder):
     def payload_key(self, sample: dict) -> str | None:
         return next((e for e in IMAGE_EXTENSIONS if e in sample), None)
 
-    def load(self, data: bytes, rng: random.Random) -> torch.Tensor:
+    def load(self, data: bytes, rng: random.Random) -> np.ndarray:
         size = self.image_size
         with Image.open(io.BytesIO(data)) as image:
-            if image.format == "JPEG":
+            if image.format == "JPEG" and min(image.size) >= 2 * size:
                 image.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
-            image = image.convert("RGB")  # full decode: truncated files raise here
-        width, height = image.size
-        scale = size / min(width, height)
-        if scale != 1:
-            new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-            image = image.resize(new_size, Image.Resampling.BICUBIC)
-        width, height = image.size
+            image.load()  # the full decode: truncated files raise here
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            width, height = image.size
+            if min(width, height) != size:
+                scale = size / min(width, height)
+                image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
+                                     Image.Resampling.BICUBIC)
+                width, height = image.size
+            pixels = np.frombuffer(image.tobytes(), np.uint8).reshape(height, width, 3)  # read-only, no copy
         if self.random_crop:
             left, top = rng.randint(0, width - size), rng.randint(0, height - size)
         else:
             left, top = (width - size) // 2, (height - size) // 2
-        return image_to_tensor(image.crop((left, top, left + size, top + size)))
+        return pixels[top : top + size, left : left + size]
 
 
 class LatentDecoder(_SampleDecoder):

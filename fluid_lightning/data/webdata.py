@@ -10,7 +10,9 @@ given explicitly):
    forever (``resampled=True``) and stops after a fixed number of batches, so every
    rank yields exactly the same number of batches (uneven batches hang DDP).
 3. Samples pass a shuffle buffer (raw bytes, before decoding, to save memory), are
-   decoded, and are batched inside the worker.
+   decoded, and are batched inside the worker. Tar members are read by `tarstream` (not
+   `tarfile`, whose per-member overhead cost more than the JPEG decode); images are
+   batched as uint8 (see `pixels`) unless ``image_dtype="float32"``.
 
 Bad data never stops training: a sample without an image, without a caption, with an
 undecodable image (truncated, not an image) or an unreadable latent is skipped, and a
@@ -21,6 +23,7 @@ counted in `SampleCounters`, shared with the workers, so counts are exact;
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -28,10 +31,10 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import torch
-import webdataset as wds
 from lightning import Callback, LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from fluid_lightning.data.pixels import collate_pixels
 from fluid_lightning.data.resumable import CountingDataLoader, resolve_rank
 from fluid_lightning.data.samples import (
     COUNTERS,
@@ -44,7 +47,7 @@ from fluid_lightning.data.samples import (
     is_remote,
     shuffled,
 )
-from fluid_lightning.data.shapes import collate_images
+from fluid_lightning.data.tarstream import tarfile_samples
 
 
 class ShardBatchStream(IterableDataset):
@@ -100,7 +103,7 @@ class ShardBatchStream(IterableDataset):
 
     def _batches(self, rng: random.Random, worker: int, num_workers: int, skip: int) -> Iterator[dict]:
         handler = ShardErrorHandler(self.counters, max_consecutive=max(100, 10 * len(self.urls)))
-        samples = wds.tariterators.tarfile_samples(self._shards(rng, worker, num_workers), handler=handler)
+        samples = tarfile_samples(self._shards(rng, worker, num_workers), handler=handler)
         samples = handler.passed(samples)
         if self.shuffle_buffer > 1:
             samples = shuffled(samples, rng, self.shuffle_buffer)
@@ -119,6 +122,12 @@ class ShardBatchStream(IterableDataset):
                     return
         if batch and self.partial and not to_discard:
             yield self.collate(batch)
+
+
+def as_is(batch: dict) -> dict:
+    """The DataLoader's collate_fn: batches are made in the stream (torch's default_convert would walk
+    every caption and key of every batch again)."""
+    return batch
 
 
 class EpochDataLoader(CountingDataLoader):
@@ -167,6 +176,9 @@ class WebDataModule(LightningDataModule):
     validation logs with sync_dist, because a single pass can give ranks uneven batches).
     `rank`/`world_size` override what the trainer reports (tests, custom launchers).
     `pin_memory=None` pins only when CUDA is available.
+    `image_dtype`: ``"uint8"`` (default) delivers ``batch["image"]`` as uint8 [B, 3, S, S] pixels
+    (a channels-last view); models convert them on their device with `pixels.images_to_float`.
+    ``"float32"`` delivers the converted [-1, 1] floats instead (more bytes to build, pass and copy).
     """
 
     def __init__(self, train_urls: str | list[str] | None = None, val_urls: str | list[str] | None = None,
@@ -175,10 +187,12 @@ class WebDataModule(LightningDataModule):
                  resampled: bool = True, epoch_batches: int | None = None, val_batches: int | None = None,
                  caption_key: str = "caption", pin_memory: bool | None = None, persistent_workers: bool = True,
                  prefetch_factor: int | None = None, seed: int = 0, rank: int | None = None,
-                 world_size: int | None = None):
+                 world_size: int | None = None, image_dtype: str = "uint8"):
         super().__init__()
         if kind not in ("images", "latents"):
             raise ValueError(f"kind must be images|latents, got {kind!r}")
+        if image_dtype not in ("uint8", "float32"):
+            raise ValueError(f"image_dtype must be uint8|float32, got {image_dtype!r}")
         if resampled and train_urls is not None and not epoch_batches:
             raise ValueError("resampled=True needs epoch_batches (batches per rank per epoch)")
         self.save_hyperparameters()
@@ -188,6 +202,7 @@ class WebDataModule(LightningDataModule):
         self.epoch_batches, self.val_batches, self.caption_key = epoch_batches, val_batches, caption_key
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.prefetch_factor, self.seed, self.rank, self.world_size = prefetch_factor, seed, rank, world_size
+        self.image_dtype = image_dtype
         self.counters: SampleCounters | None = None
         self.rank_urls: dict[str, list[str]] = {}
 
@@ -230,7 +245,7 @@ class WebDataModule(LightningDataModule):
         per_worker = math.ceil(batches / workers) if batches else None
         if self.kind == "images":
             decoder = ImageDecoder(self.image_size, self.random_crop and train, self.caption_key, self.counters)
-            collate = collate_images
+            collate = functools.partial(collate_pixels, image_dtype=self.image_dtype)
         else:
             decoder, collate = LatentDecoder(self.caption_key, self.counters), collate_latents
         return ShardBatchStream(
@@ -242,7 +257,7 @@ class WebDataModule(LightningDataModule):
     def _loader(self, stream: ShardBatchStream) -> DataLoader:
         workers = self.num_workers
         return EpochDataLoader(
-            stream, batch_size=None, num_workers=workers,
+            stream, batch_size=None, num_workers=workers, collate_fn=as_is,
             pin_memory=torch.cuda.is_available() if self.pin_memory is None else self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None)

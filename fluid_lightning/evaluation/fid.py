@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from tqdm.auto import tqdm
 
+from ..data.pixels import images_to_float
 from ..data.webdata import WebDataModule
 from ..pipeline import FluidPipeline
 from ..sampling import SamplingSettings
@@ -137,7 +138,7 @@ def iter_real_images(real: str, image_size: int, batch_size: int) -> Iterator[Te
                          resampled=False, epoch_batches=1, random_crop=False)
     data.setup("fit")
     for batch in data.train_dataloader():
-        yield (batch["image"] + 1) / 2
+        yield (images_to_float(batch["image"]) + 1) / 2
 
 
 def pipeline_fid(pipe: FluidPipeline, prompts: list[str], real: str, feature: nn.Module | None = None,

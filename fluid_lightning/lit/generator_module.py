@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..data.pixels import images_to_float
 from ..models.generator import FluidGenerator
 from ..models.text import T5TextEncoder
 from ..models.tokenizers import ImageTokenizer
@@ -111,7 +112,7 @@ class GeneratorModule(ModuleBase):
             return batch["latent"]
         if "image" in batch:
             with torch.no_grad():
-                return self.tokenizer.encode(batch["image"])
+                return self.tokenizer.encode(images_to_float(batch["image"]))  # uint8 pixels or [-1, 1]
         raise KeyError(f"a batch needs 'image' or 'latent' plus 'caption'; got keys {sorted(batch)}")
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, int]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..data.pixels import images_to_float
 from ..models.autoencoders import AutoencoderTokenizer
 from ..models.discriminator import adaptive_gan_weight, hinge_d_loss
 from ..models.summary import dtype_of
@@ -89,7 +90,7 @@ class TokenizerModule(ModuleBase):
         with detached weights, and the discriminator sees detached reconstructions, so each optimiser
         gets exactly its own gradients (the same updates as two separate passes). One backward per
         forward is what DDP needs: a second backward would find the gradients already reduced."""
-        images = batch["image"]
+        images = images_to_float(batch["image"])  # uint8 pixels (WebDataModule) or [-1, 1] floats
         step = self.trainer.global_step
         optimizers = self.optimizers()
         opt_ae, opt_disc = optimizers if isinstance(optimizers, list) else (optimizers, None)
@@ -136,7 +137,7 @@ class TokenizerModule(ModuleBase):
         update_ema(self.ema, self.tokenizer, step, self.hparams.ema_decay)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        images = batch["image"]
+        images = images_to_float(batch["image"])
         recon = self.sampling_tokenizer.reconstruct(images.to(dtype_of(self.sampling_tokenizer)))
         mse = ((recon - images) ** 2).flatten(1).mean(1)
         psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # peak-to-peak 2 in [-1, 1]
@@ -158,8 +159,8 @@ class TokenizerModule(ModuleBase):
     # ---- for callbacks -------------------------------------------------------------------------
     @torch.no_grad()
     def log_images(self, batch: dict[str, Any], **unused: Any) -> dict[str, Tensor]:
-        """{"inputs", "reconstructions"}: ``batch["image"]`` (in [-1, 1]) and its reconstruction by the
-        EMA weights when kept, both [B, 3, H, W] in [0, 1]."""
-        images = batch["image"].to(self.device)
+        """{"inputs", "reconstructions"}: ``batch["image"]`` (uint8 pixels or in [-1, 1]) and its
+        reconstruction by the EMA weights when kept, both [B, 3, H, W] in [0, 1]."""
+        images = images_to_float(batch["image"].to(self.device))
         recon = self.sampling_tokenizer.reconstruct(images.to(dtype_of(self.sampling_tokenizer)))
         return {"inputs": ((images.clamp(-1, 1) + 1) / 2).float(), "reconstructions": ((recon.clamp(-1, 1) + 1) / 2).float()}

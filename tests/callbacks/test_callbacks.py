@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny import CONF
+from tiny import CONF, kl_tokenizer
 
 from fluid_lightning.callbacks.fid import FIDCallback
 from fluid_lightning.callbacks.image_grid import ImageGrid
 from fluid_lightning.callbacks.shapes_eval import ShapesEvalCallback
 from fluid_lightning.callbacks.throughput import Throughput, peak_flops
 from fluid_lightning.cli import lightning_cli
+from fluid_lightning.data.shards import write_shapes_shards
 from fluid_lightning.data.vocabulary import TAGS
+from fluid_lightning.data.webdata import WebDataModule
+from fluid_lightning.evaluation.fid import TinyConvFeatures
+from fluid_lightning.lit.tokenizer_module import TokenizerModule
 from fluid_lightning.sampling import SamplingSettings
 
 PROMPTS = ["a photo of a red circle", "a photo of two squares", "a photo of a blue triangle"]
@@ -110,3 +115,24 @@ def test_fid_callback_without_its_weights_warns_once_and_goes_on_or_refuses_when
     assert "pass their local path" in callback.off_because
     with pytest.raises(FileNotFoundError, match="pass their local path"):
         FIDCallback(feature_weights=missing, strict=True).setup(None, None, "fit")
+
+
+def test_validation_batches_of_uint8_pixels_give_what_float_batches_gave(tmp_path):
+    """FID's real statistics and a tokenizer's image grid read WebDataModule's uint8 val batches."""
+    write_shapes_shards(tmp_path, n=0, val_n=6, size=32, shard_size=3, progress=False)
+    module, feature = TokenizerModule(kl_tokenizer()), TinyConvFeatures()
+    results = {}
+    for image_dtype in ("uint8", "float32"):
+        data = WebDataModule(None, val_urls=str(tmp_path / "val"), image_size=32, batch_size=4, num_workers=0,
+                             pin_memory=False, persistent_workers=False, image_dtype=image_dtype)
+        trainer = SimpleNamespace(datamodule=data)
+        fid = FIDCallback(feature=feature, num_images=5)
+        assert fid._real_statistics(trainer, module) and len(fid.captions) == 5
+        grid = ImageGrid(num_images=3)
+        batch = grid._fixed_batch(trainer)
+        assert batch["image"].dtype == getattr(torch, image_dtype)
+        images = grid.images(module, batch)
+        results[image_dtype] = [fid.metric.real_features_sum, fid.metric.real_features_cov_sum, fid.captions,
+                                images["inputs"], images["reconstructions"]]
+    for pixels, floats in zip(results["uint8"], results["float32"]):
+        assert torch.equal(pixels, floats) if isinstance(pixels, torch.Tensor) else pixels == floats

@@ -12,6 +12,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
+from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.data.shards import (
     ShardSink,
     write_latent_shards,
@@ -84,15 +85,18 @@ def test_batches_follow_the_contract_and_match_the_renderer(shapes_dir):
     dm = _module(None, val_urls=str(out / "val"))  # a folder works as a spec
     batches = list(dm.val_dataloader())
     batch = batches[0]
-    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].dtype == torch.float32
-    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].dtype == torch.uint8  # pixels
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)  # a view of [B, S, S, 3]
+    floats = next(iter(_module(None, val_urls=str(out / "val"), image_dtype="float32").val_dataloader()))["image"]
+    assert floats.dtype == torch.float32 and floats.is_contiguous() and floats.min() >= -1 and floats.max() <= 1
+    assert torch.equal(images_to_float(batch["image"]), floats)
     assert all(isinstance(c, str) for c in batch["caption"])
     assert sum(len(b["key"]) for b in batches) == 12
     # stored PNGs are lossless: colour matching on a decoded batch finds what the json says
     with Image.open(io.BytesIO(_member(stats["val"]["shards"][0], "000000000.png"))) as image:
         meta = json.loads(_member(stats["val"]["shards"][0], "000000000.json"))
         assert evaluate_objects(meta, find_objects(image))[0]
-    pixels = ((batch["image"][0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+    pixels = batch["image"][0].permute(1, 2, 0).numpy()
     assert evaluate_objects(meta, find_objects(pixels))[0]
     prompts = [json.loads(line) for line in (out / "evaluation_metadata.jsonl").read_text().splitlines()]
     assert {p["tag"] for p in prompts} == set(TAGS)
@@ -187,7 +191,8 @@ class _TinyModule(LightningModule):
 
     def training_step(self, batch, batch_idx):
         assert batch["image"].shape[1:] == (3, SIZE, SIZE) and len(batch["caption"]) == batch["image"].shape[0]
-        return (self.weight - batch["image"].mean()).pow(2)
+        assert batch["image"].dtype == torch.uint8
+        return (self.weight - images_to_float(batch["image"]).mean()).pow(2)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny import tiny_module
 
+from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.lit.generator_module import lr_lambda
 from fluid_lightning.sampling import SamplingSettings
 
@@ -104,3 +105,15 @@ def test_sampling_settings_are_kept_as_plain_data_and_drive_log_images():
     module.log_images(batch, settings.replace(temperature=0.1, cfg_schedule="constant", top_k=3))
     assert (seen["num_steps"], seen["cfg"], seen["temperature"], seen["cfg_schedule"], seen["top_k"]) == (
         3, 1.5, 0.1, "constant", 3)
+
+
+def test_uint8_pixel_batches_give_the_tokens_and_loss_of_float_batches():
+    module = tiny_module()
+    pixels = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # as WebDataModule batches
+    floats = images_to_float(pixels)
+    assert torch.equal(module._tokens({"image": pixels}), module._tokens({"image": floats}))
+    losses = []
+    for images in (pixels, floats):
+        torch.manual_seed(1)  # the same masks and noise
+        losses.append(module._loss({"image": images, "caption": ["a red circle", "two squares"]})[0])
+    assert torch.equal(losses[0], losses[1])

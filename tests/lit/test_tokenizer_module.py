@@ -7,7 +7,9 @@ import torch
 from tiny import ROOT, TINY_T5, kl_tokenizer, shapes_images, tiny_generator, vq_tokenizer
 
 from fluid_lightning.checkpointing import safe_load
+from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.data.shapes import ShapesDataModule
+from fluid_lightning.data.shards import write_shapes_shards
 from fluid_lightning.data.webdata import WebDataModule
 from fluid_lightning.lit.generator_module import GeneratorModule
 from fluid_lightning.lit.tokenizer_module import TokenizerModule
@@ -144,3 +146,24 @@ def test_generator_checkpoints_leave_out_loaded_tokenizer_weights_and_load_back(
     fresh.load_state_dict(state)  # strict: the tokenizer's own weights come from its folder
     images = shapes_images(2)
     torch.testing.assert_close(fresh.tokenizer.encode(images), kl_tokenizer(shift=0.1, scale=2.0).eval().encode(images))
+
+
+def test_tokenizer_module_trains_and_validates_on_uint8_webdataset_batches(tmp_path):
+    write_shapes_shards(tmp_path, n=8, val_n=4, size=32, shard_size=4, progress=False)
+    data = WebDataModule(str(tmp_path / "train"), val_urls=str(tmp_path / "val"), image_size=32, batch_size=4,
+                         num_workers=0, resampled=False, shuffle_buffer=0, pin_memory=False, persistent_workers=False)
+    module = TokenizerModule(kl_tokenizer(), ema_decay=0.9)
+    before = [p.detach().clone() for p in module.tokenizer.parameters()]
+    L.Trainer(fast_dev_run=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              default_root_dir=tmp_path).fit(module, data)
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.tokenizer.parameters()))
+    batch = next(iter(data.val_dataloader()))
+    assert batch["image"].dtype == torch.uint8
+    floats = {"image": images_to_float(batch["image"])}
+    for key, value in module.log_images(batch).items():
+        assert torch.equal(value, module.log_images(floats)[key]), key
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.setdefault(name, []).append(value)
+    module.validation_step(batch, 0)
+    module.validation_step(floats, 0)
+    assert all(torch.equal(*values) for values in logged.values()) and set(logged) == {"val/rec_loss", "val/psnr"}
