@@ -3,7 +3,9 @@
     OMP_NUM_THREADS=2 python benchmarks/bench_samplers.py --ckpt runs/quickstart/checkpoints/last.ckpt \\
         --settings ddpm:50:32 dpm++:12:32 dpm++:12:16 --seeds 0 1 2
 
-Each setting is sampler:diffusion steps:AR steps (the checkpoint's other sampling settings kept). For
+Each setting is sampler:diffusion steps:AR steps, optionally followed by comma-separated
+SamplingSettings fields (``dpm++:12:16,cfg=4,temperature=0.8``); the checkpoint's other sampling
+settings are kept. For
 every setting and seed it samples the shapes evaluation suite (`--min-per-tag` records per tag, one
 image each), scores it with the shapes scorer, and times it; settings take turns within each seed.
 Prints a table of the median seconds per image, every seed's overall score and the mean per-tag
@@ -25,10 +27,19 @@ from fluid_lightning.evaluation.geneval import summarize
 from fluid_lightning.evaluation.shapes import score_images
 from fluid_lightning.pipeline import FluidPipeline, to_pil
 
+FIELD_TYPES = {"cfg": float, "temperature": float, "cfg_schedule": str, "top_k": int, "timestep_spacing": str}
+
 
 def parse_setting(text: str) -> dict:
-    sampler, diffusion_steps, steps = text.split(":")
-    return {"diffusion_sampler": sampler, "diffusion_steps": int(diffusion_steps), "steps": int(steps)}
+    head, *fields = text.split(",")
+    sampler, diffusion_steps, steps = head.split(":")
+    setting = {"diffusion_sampler": sampler, "diffusion_steps": int(diffusion_steps), "steps": int(steps)}
+    for field in fields:
+        name, _, value = field.partition("=")
+        if name not in FIELD_TYPES:
+            raise SystemExit(f"unknown setting field {name!r} in {text!r}; choose from {sorted(FIELD_TYPES)}")
+        setting[name] = FIELD_TYPES[name](value)
+    return setting
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ class GeneratorModule(ModuleBase):
         compile: bool = False,
         shard_text_encoder: bool = False,
         shard_tokenizer: bool = False,
+        cache_tokens: bool = False,
     ):
         """``lr`` is absolute (MAR: 1e-4 × global_batch / 256). Weight decay skips biases, norms,
         embeddings and learned tokens. ``ema_decay=None`` turns the EMA copy off; otherwise its
@@ -54,7 +55,12 @@ class GeneratorModule(ModuleBase):
         ``activation_checkpointing`` recomputes each block in backward; ``compile`` compiles each
         block; under ``ModelParallelStrategy`` the generator and its EMA are sharded with FSDP2 and
         ``shard_text_encoder`` / ``shard_tokenizer`` also shard the frozen T5 / VAE. ``optimizer="adamw8bit"`` uses bitsandbytes'
-        ``AdamW8bit`` (single process or DDP only: it cannot step FSDP2's DTensor parameters)."""
+        ``AdamW8bit`` (single process or DDP only: it cannot step FSDP2's DTensor parameters).
+
+        ``cache_tokens``: keep the frozen tokenizer's tokens of every training image in memory by the
+        batch's ``key`` and reuse them when the key comes again, so each image is encoded once per
+        run. Only for data whose key always names the same pixels (the shapes world), never for
+        random crops or augmentations."""
         super().__init__()
         self.save_hyperparameters(ignore=self.unsaved_arguments())
         if isinstance(self.hparams.get("sampling"), SamplingSettings):  # plain data in checkpoints, never objects
@@ -71,6 +77,7 @@ class GeneratorModule(ModuleBase):
         self.tokenizer = tokenizer.requires_grad_(False).eval()
         self.text_encoder = text_encoder
         self.ema = make_ema(generator) if ema_decay else None  # float32 whatever the precision (lit/base.py)
+        self._token_cache: dict[str, Tensor] | None = {} if cache_tokens else None
         self._parallelized = False
         # Steps skipped because the loss was NaN/inf (all ranks agree); read by NonFiniteLossGuard.
         self.nonfinite_total = 0
@@ -111,9 +118,18 @@ class GeneratorModule(ModuleBase):
         if "latent" in batch:
             return batch["latent"]
         if "image" in batch:
-            with torch.no_grad():
-                return self.tokenizer.encode(images_to_float(batch["image"]))  # uint8 pixels or [-1, 1]
+            if self._token_cache is None or "key" not in batch or not self.training:
+                return self._encode(batch["image"])
+            keys, cache = list(batch["key"]), self._token_cache
+            new = [i for i, key in enumerate(keys) if key not in cache]
+            if new:
+                cache.update(zip((keys[i] for i in new), self._encode(batch["image"][new]).cpu()))
+            return torch.stack([cache[key] for key in keys]).to(batch["image"].device)
         raise KeyError(f"a batch needs 'image' or 'latent' plus 'caption'; got keys {sorted(batch)}")
+
+    @torch.no_grad()
+    def _encode(self, images: Tensor) -> Tensor:
+        return self.tokenizer.encode(images_to_float(images))  # uint8 pixels or [-1, 1]
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
         tokens = self._tokens(batch)

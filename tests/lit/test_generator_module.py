@@ -117,3 +117,19 @@ def test_uint8_pixel_batches_give_the_tokens_and_loss_of_float_batches():
         torch.manual_seed(1)  # the same masks and noise
         losses.append(module._loss({"image": images, "caption": ["a red circle", "two squares"]})[0])
     assert torch.equal(losses[0], losses[1])
+
+
+def test_cached_tokens_are_encoded_once_per_key_and_equal_fresh_encodings():
+    module = tiny_module(cache_tokens=True).train()
+    encoded = []
+    encode = module.tokenizer.encode
+    module.tokenizer.encode = lambda images: encoded.append(len(images)) or encode(images)
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    first = module._tokens({"image": images[:2], "key": ["a", "b"]})
+    again = module._tokens({"image": images[[1, 0, 2]], "key": ["b", "a", "c"]})
+    assert encoded == [2, 1]  # only the new key "c" is encoded the second time
+    assert torch.equal(again[:2], first[[1, 0]])
+    assert torch.equal(again, encode(images[[1, 0, 2]]))
+    module.eval()  # validation batches are never cached
+    module._tokens({"image": images[:1], "key": ["z"]})
+    assert "z" not in module._token_cache
