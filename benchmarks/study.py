@@ -73,7 +73,7 @@ NAMES = {"fluid": "Fluid", "raster_continuous": "GPT-style continuous", "maskgit
 GRID_PROMPTS = ["a photo of a red circle", "a photo of a blue square", "a photo of a yellow triangle",
                 "a photo of two circles", "a photo of three squares",
                 "a photo of a green circle above a purple square"]  # the quickstart's ImageGrid prompts
-# --quick: batches of 4, a 4-scene validation set, no sanity check, fewer sampling steps, one record per tag.
+# --quick: batches of 4, 4 validation scenes during fit, no sanity check, fewer sampling steps, one record per tag.
 QUICK_OVERRIDES = ["--data.init_args.batch_size=4", "--data.init_args.num_val=4", "--trainer.limit_val_batches=1",
                    "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
                    "--trainer.enable_model_summary=false"]
@@ -237,7 +237,7 @@ def report(results: dict[str, dict], fits: dict | None, ns: argparse.Namespace, 
         lines.append(
             f"| {name} ({what}) | {r['token_kind']} | "
             f"{r['order']} | {r['tokenizer']} → {r['head']} | {r['tokens']} | {human(r['params']['total'])} | "
-            f"{r['train_flops']:.2e} | {r['train_s']:.1f} | {r['val_loss']:.4f} | {r['fid']:.2f} | "
+            f"{r['train_flops']:.2e} | {r['train_s']:.1f} | {r['val_loss']:.4f} | {r['fid']:.3g} | "
             f"{r['sample_s']:.3f} | {r['shapes']['overall']:.3f} | " + " | ".join(tags) + " |")
     lines += ["", "Samples (the same prompts and seed for every run):", ""]
     for group in (MATCHED, [n for n in SCALING if n != "fluid"]):
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
             info = train(name, run_dir, overrides)
         results[name] = evaluate(info, ns.out, ns, feature)
         r = results[name]
-        print(f"#   {r['steps']} steps in {r['train_s']:.1f} s, val loss {r['val_loss']:.4f}, FID {r['fid']:.2f}, "
+        print(f"#   {r['steps']} steps in {r['train_s']:.1f} s, val loss {r['val_loss']:.4f}, FID {r['fid']:.3g}, "
               f"shapes {r['shapes']['overall']:.3f}", flush=True)
     family = [results[n] for n in SCALING if n in results]
     fits = None
