@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (the CI suite), `lint`, `slow` (long tests), `notebooks`, `bench`.
+"""Sessions: `nox -s tests` (the CI suite), `lint`, `slow` (long tests), `notebooks`, `bench`, `study`.
 
 Uses virtualenv + pip on purpose: pip picks up the local CPU torch wheel, uv would download a CUDA
 build of several GB (see ENVIRONMENT notes in the README).
@@ -53,3 +53,11 @@ def bench(session: nox.Session) -> None:
     for script in sorted(os.listdir("benchmarks")):
         if script.startswith("bench_") and script.endswith(".py"):
             session.run("python", f"benchmarks/{script}", env=ENV)
+
+
+@nox.session
+def study(session: nox.Session) -> None:
+    """The Fluid study (docs/study.md): every variant and size at the quickstart's budget, then STUDY.md.
+    Hours on a CPU; `nox -s study -- --quick --out runs/study_quick` is the seconds-long form CI tests."""
+    install(session)
+    session.run("python", "benchmarks/study.py", *(session.posargs or ["--out", "runs/study"]), env=ENV)

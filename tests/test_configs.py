@@ -30,6 +30,11 @@ def composition(path: Path) -> tuple[list[Path], bool]:
     folder = path.parent.relative_to(CONF).as_posix()
     if folder in ("experiment", "tokenizer"):
         return [path], True
+    if folder == "experiment/study":  # overlays on the quickstart, composed as benchmarks/study.py composes them
+        pieces = [CONF / "experiment/quickstart.yaml", CONF / "experiment/study/common.yaml"]
+        if path.stem.startswith("size_"):
+            pieces.append(CONF / "experiment/study/fluid.yaml")
+        return [*dict.fromkeys([*pieces, path])], True
     if folder == "trainer":
         return [path, CONF / "data/shapes.yaml", TINY_MODEL], path.stem != "gpu"
     if folder == "data":

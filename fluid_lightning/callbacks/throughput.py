@@ -40,6 +40,12 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return get_available_flops(device, torch.bfloat16 if bf16 else torch.float32)
 
 
+def estimated_flops_per_image(module: torch.nn.Module, tokens_per_image: int) -> float:
+    """Training FLOPs per image as this module's docstring estimates them: 6 × trainable parameters × tokens
+    (frozen parts, such as the T5 encoder, the tokenizer and the EMA copy, are not counted)."""
+    return 6.0 * sum(p.numel() for p in module.parameters() if p.requires_grad) * tokens_per_image
+
+
 class Throughput(L.Callback):
     def __init__(self, peak_flops: float | None = None, window: int = 20, flops_per_image: float | None = None,
                  tokens_per_image: int | None = None):
@@ -57,8 +63,7 @@ class Throughput(L.Callback):
         if self.tokens_per_image is None:
             self.tokens_per_image = int(getattr(generator, "num_tokens", 0)) or None
         if self.flops_per_image is None and self.tokens_per_image:
-            trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
-            self.flops_per_image = 6.0 * trainable * self.tokens_per_image
+            self.flops_per_image = estimated_flops_per_image(pl_module, self.tokens_per_image)
         if self.peak_flops is None:
             self.peak_flops = peak_flops(pl_module.device, trainer.precision)
         if self.peak_flops is None:

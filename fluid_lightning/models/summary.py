@@ -22,7 +22,11 @@ def build_on_meta(config: dict[str, Any]) -> torch.nn.Module:
 def generator_param_counts(config: dict[str, Any]) -> dict[str, int]:
     """Parameters of the image transformer (embeddings, blocks, norm), the text aligner and the
     token head; the frozen T5 is not part of the generator and never counted."""
-    model = build_on_meta(config)
+    return generator_param_split(build_on_meta(config))
+
+
+def generator_param_split(model: torch.nn.Module) -> dict[str, int]:
+    """`generator_param_counts` of a built generator (a FluidGenerator or its EMA copy)."""
     aligner, head, total = param_count(model.text), param_count(model.head), param_count(model)
     return {"transformer": total - aligner - head, "aligner": aligner, "head": head, "total": total}
 
