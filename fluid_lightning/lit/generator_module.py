@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import math
 from typing import Any, Literal
 
@@ -195,7 +196,8 @@ class GeneratorModule(ModuleBase):
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
-        for module in self.generator.modules():
+        # The text encoder's parameters only require grad when it is trainable.
+        for module in itertools.chain(self.generator.modules(), self.text_encoder.modules()):
             for name, param in module.named_parameters(recurse=False):
                 if not param.requires_grad:
                     continue

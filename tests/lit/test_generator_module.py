@@ -4,10 +4,11 @@ import dataclasses
 
 import pytest
 import torch
-from tiny import tiny_module
+from tiny import TINY_T5, tiny_module
 
 from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.lit.generator_module import lr_lambda
+from fluid_lightning.models import T5TextEncoder
 from fluid_lightning.sampling import SamplingSettings
 
 
@@ -80,6 +81,19 @@ def test_frozen_text_encoder_gets_no_gradient_and_stays_in_eval():
     loss.backward()
     assert all(p.grad is None for p in module.text_encoder.parameters())
     assert any(p.grad is not None for p in module.generator.parameters())
+
+
+def test_a_trainable_text_encoder_is_optimised_too():
+    module = tiny_module()
+    module.text_encoder = T5TextEncoder(config=TINY_T5, max_length=16, trainable=True)
+    optimizer = module.configure_optimizers()["optimizer"]
+    optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in optimised for p in module.text_encoder.parameters())
+    before = [p.detach().clone() for p in module.text_encoder.parameters()]
+    loss, _ = module._loss({"image": torch.rand(2, 3, 32, 32) * 2 - 1, "caption": ["a red circle", "two squares"]})
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, module.text_encoder.parameters()))
 
 
 def test_adamw8bit_without_bitsandbytes_names_the_install(monkeypatch):
