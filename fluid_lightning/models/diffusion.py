@@ -2,7 +2,10 @@
 
 Follows improved DDPM (Nichol & Dhariwal, 2021) as used by MAR's ``diffloss`` (arXiv 2406.11838):
 ε-prediction, MSE loss, optional learned variance trained with the VLB term, and sampling on a
-respaced subset of the training timesteps.
+respaced subset of the training timesteps. The network may instead predict v = √ᾱ ε - √(1-ᾱ) x0
+(Salimans & Ho, 2022): its MSE is the ε-MSE weighted by 1/ᾱ_t, so the noisiest timesteps, where the
+token can only come from the condition, carry weight; the ε loss scales an error in x0 there by the
+signal-to-noise ratio, nearly zero.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from torch import Tensor
 
 from . import draws
 
-# model_fn(x_t, t) -> ε, or [ε, v] concatenated on the last dim when the variance is learned.
+# model_fn(x_t, t) -> ε (or v), or [ε, var] concatenated on the last dim when the variance is learned.
 # t is always given in *training* timestep units (0..num_train_steps-1), also when respaced.
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -75,7 +78,11 @@ class GaussianDiffusion:
         learn_sigma: bool = True,
         use_timesteps: Sequence[int] | None = None,
         sigma_small: bool = False,
+        prediction_type: str = "epsilon",
     ) -> None:
+        if prediction_type not in ("epsilon", "v"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v', got {prediction_type!r}")
+        self.prediction_type = prediction_type
         self.num_train_steps = num_train_steps
         self.noise_schedule = noise_schedule
         self.learn_sigma = learn_sigma
@@ -134,6 +141,7 @@ class GaussianDiffusion:
             self.learn_sigma,
             use_timesteps=space_timesteps(self.num_train_steps, num_sampling_steps, spacing),
             sigma_small=self.sigma_small,
+            prediction_type=self.prediction_type,
         )
 
     def _table(self, name: str, device: torch.device) -> Tensor:
@@ -165,14 +173,19 @@ class GaussianDiffusion:
         """Mean and log-variance of p(x_{t-1} | x_t) from the network output."""
         model_out = model_out.float()
         if self.learn_sigma:
-            eps, v = model_out.chunk(2, dim=-1)
-            # v in [-1, 1] interpolates log-variance between β̃_t (v=-1) and β_t (v=1) (improved DDPM).
-            frac = (v + 1) / 2
+            out, var = model_out.chunk(2, dim=-1)
+            # var in [-1, 1] interpolates log-variance between β̃_t (-1) and β_t (1) (improved DDPM).
+            frac = (var + 1) / 2
             log_var = frac * self._at("log_betas_raw", t, xt) + (1 - frac) * self._at("post_log_var", t, xt)
         else:
-            eps = model_out
+            out = model_out
             log_var = self._at("post_log_var" if self.sigma_small else "log_betas", t, xt).expand_as(xt)
-        pred_x0 = self._at("sqrt_recip_ac", t, xt) * xt - self._at("sqrt_recipm1_ac", t, xt) * eps
+        if self.prediction_type == "v":  # x0 from v stays finite where ᾱ -> 0; from ε it divides by √ᾱ
+            a, s = self._at("sqrt_ac", t, xt), self._at("sqrt_one_minus_ac", t, xt)
+            pred_x0, eps = a * xt - s * out, s * xt + a * out
+        else:
+            eps = out
+            pred_x0 = self._at("sqrt_recip_ac", t, xt) * xt - self._at("sqrt_recipm1_ac", t, xt) * eps
         mean, _, _ = self.q_posterior(pred_x0, xt, t)
         return {"mean": mean, "log_var": log_var, "pred_x0": pred_x0, "eps": eps}
 
@@ -180,18 +193,21 @@ class GaussianDiffusion:
     def training_losses(
         self, model_fn: ModelFn, x0: Tensor, rng: torch.Generator | None = None
     ) -> Tensor:
-        """Per-row loss [N]: MSE on ε (mean over dims), plus the VLB term when the variance is learned."""
+        """Per-row loss [N]: MSE on ε or v (mean over dims), plus the VLB term when the variance is learned."""
         x0 = x0.float()
         n = x0.shape[0]
         t = draws.integers(self.num_steps, (n,), x0.device, rng)
         noise = draws.normal(x0.shape, x0.device, rng)
         xt = self.q_sample(x0, t, noise)
         model_out = model_fn(xt, self._table("timestep_map", x0.device)[t]).float()
-        eps = model_out.chunk(2, dim=-1)[0] if self.learn_sigma else model_out
-        loss = ((eps - noise) ** 2).flatten(1).mean(1)
+        out = model_out.chunk(2, dim=-1)[0] if self.learn_sigma else model_out
+        target = noise
+        if self.prediction_type == "v":
+            target = self._at("sqrt_ac", t, x0) * noise - self._at("sqrt_one_minus_ac", t, x0) * x0
+        loss = ((out - target) ** 2).flatten(1).mean(1)
         if self.learn_sigma:
-            # Stop-gradient on ε: the VLB only trains the variance, the MSE alone trains the mean.
-            frozen = torch.cat([eps.detach(), model_out.chunk(2, dim=-1)[1]], dim=-1)
+            # Stop-gradient on the mean: the VLB only trains the variance, the MSE alone trains the mean.
+            frozen = torch.cat([out.detach(), model_out.chunk(2, dim=-1)[1]], dim=-1)
             loss = loss + self._vlb(frozen, x0, xt, t) * (self.num_steps / 1000.0)
         return loss
 
@@ -249,7 +265,7 @@ class GaussianDiffusion:
         """Sampling with one of diffusers' fewer-step schedulers on this (unrespaced) schedule: ``ddim``
         (DDIM, η = 0) or ``dpm++`` (DPM-Solver++, second order; on the cosine schedule with diffusers'
         ``lambda_min_clipped=-5.1``, which keeps its singular end from amplifying ε errors). Both follow
-        the ε-prediction ODE, so a learned variance is not needed and ``temperature`` scales the
+        the probability-flow ODE, so a learned variance is not needed and ``temperature`` scales the
         starting noise."""
         if solver not in SOLVERS:
             raise ValueError(f"unknown diffusion sampler {solver!r}; expected 'ddpm', {', '.join(map(repr, SOLVERS))}")
@@ -257,14 +273,15 @@ class GaussianDiffusion:
         if solver == "dpm++" and self.noise_schedule == "cosine":
             options["lambda_min_clipped"] = -5.1  # diffusers' setting for the cosine schedule's singular end
         scheduler = SOLVERS[solver](num_train_timesteps=self.num_train_steps, trained_betas=make_betas(
-            self.noise_schedule, self.num_train_steps).numpy(), prediction_type="epsilon", timestep_spacing=spacing,
+            self.noise_schedule, self.num_train_steps).numpy(), timestep_spacing=spacing,
+            prediction_type="v_prediction" if self.prediction_type == "v" else "epsilon",
             **options)
         scheduler.set_timesteps(num_steps)
         x = draws.normal(shape, device, rng) * temperature
         for t in scheduler.timesteps:
             out = model_fn(x, torch.full((shape[0],), int(t), device=device, dtype=torch.long)).float()
-            eps = out.chunk(2, dim=-1)[0] if self.learn_sigma else out
-            x = scheduler.step(eps, t, x).prev_sample
+            out = out.chunk(2, dim=-1)[0] if self.learn_sigma else out
+            x = scheduler.step(out, t, x).prev_sample
         return x
 
 

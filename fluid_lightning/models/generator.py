@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -81,9 +82,16 @@ class FluidGenerator(nn.Module):
         num_sampling_timesteps: int = 100,
         noise_schedule: str = "cosine",
         learn_sigma: bool = True,
+        prediction_type: Literal["epsilon", "v"] = "epsilon",
+        x0_loss_weight: float = 0.0,
     ):
         """Sizes follow the constructor names; ``grid_size`` and ``token_dim``/``vocab_size``
-        must match the tokenizer, ``text_dim`` the text encoder's output width."""
+        must match the tokenizer, ``text_dim`` the text encoder's output width.
+
+        ``x0_loss_weight`` (continuous tokens): adds that weight times the MSE of a linear read-out of
+        each predicted token's condition against the token itself, a low-noise signal that teaches the
+        transformer what a token's context implies; the diffusion head alone gets it only through
+        its noisy per-timestep loss. 0 (MAR, Fluid) leaves it out."""
         super().__init__()
         if token_kind not in ("continuous", "discrete"):
             raise ValueError(f"token_kind must be 'continuous' or 'discrete', got {token_kind!r}")
@@ -98,6 +106,7 @@ class FluidGenerator(nn.Module):
         self.width, self.depth = width, depth
         self.caption_dropout = caption_dropout
         self.mask_ratio = (mask_ratio_min, mask_ratio_mean, mask_ratio_std)
+        self.x0_loss_weight = x0_loss_weight if token_kind == "continuous" else 0.0
 
         self.text = TextAligner(text_dim, width, aligner_depth, num_heads, mlp_ratio, dropout)
         self.embed = nn.Linear(token_dim, width) if token_kind == "continuous" else nn.Embedding(vocab_size, width)
@@ -112,10 +121,11 @@ class FluidGenerator(nn.Module):
         if token_kind == "continuous":
             self.head = DiffusionHead(
                 token_dim, width, head_width, head_depth, num_train_timesteps, num_sampling_timesteps,
-                noise_schedule, diffusion_batch_mul, learn_sigma,
+                noise_schedule, diffusion_batch_mul, learn_sigma, prediction_type,
             )
         else:
             self.head = LogitsHead(width, vocab_size)
+        self.x0_readout = nn.Linear(width, token_dim) if self.x0_loss_weight else None
 
     @property
     def _learned_token_name(self) -> str:
@@ -174,11 +184,17 @@ class FluidGenerator(nn.Module):
             mask = self.random_mask(b, device, rng)
             x = torch.where(mask[..., None], self.mask_token.to(ctx.dtype), self.embed(tokens).to(ctx.dtype))
             z = self._run(x + self.pos_embed, ctx, ctx_mask)
-            return self.head.loss(tokens[mask], z[mask], rng=rng)
+            return self._loss(tokens[mask], z[mask], rng)
         start = self.start_token.expand(b, 1, -1).to(ctx.dtype)
         x = torch.cat([start, self.embed(tokens[:, :-1]).to(ctx.dtype)], dim=1)
         z = self._run(x + self.pos_embed, ctx, ctx_mask)
-        return self.head.loss(tokens.flatten(0, 1), z.flatten(0, 1), rng=rng)
+        return self._loss(tokens.flatten(0, 1), z.flatten(0, 1), rng)
+
+    def _loss(self, targets: Tensor, z: Tensor, rng: torch.Generator | None) -> Tensor:
+        loss = self.head.loss(targets, z, rng=rng)
+        if self.x0_readout is not None:
+            loss = loss + self.x0_loss_weight * F.mse_loss(self.x0_readout(z).float(), targets.float())
+        return loss
 
     # ---- sampling ------------------------------------------------------------------------------
     @torch.no_grad()

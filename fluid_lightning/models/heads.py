@@ -124,6 +124,7 @@ class DiffusionHead(nn.Module):
         noise_schedule: str = "cosine",
         batch_mul: int = 4,
         learn_sigma: bool = True,
+        prediction_type: str = "epsilon",
     ) -> None:
         super().__init__()
         self.token_dim = token_dim
@@ -131,7 +132,8 @@ class DiffusionHead(nn.Module):
         self.learn_sigma = learn_sigma
         self.net = SimpleMLPAdaLN(token_dim, cond_dim, width, depth, token_dim * (2 if learn_sigma else 1))
         # Plain attributes, not buffers: the schedules are constants, rebuilt from the constructor args.
-        self.train_diffusion = GaussianDiffusion(num_train_steps, noise_schedule, learn_sigma)
+        self.train_diffusion = GaussianDiffusion(num_train_steps, noise_schedule, learn_sigma,
+                                                 prediction_type=prediction_type)
         self.num_sampling_steps = num_sampling_steps
         self._respaced: dict[tuple[int, str], GaussianDiffusion] = {}  # per (steps, spacing), built on first use
 
@@ -160,7 +162,8 @@ class DiffusionHead(nn.Module):
         """cond [M, cond_dim] -> [M, token_dim]; with ``cfg``, cond is [cond; uncond] of 2M rows.
 
         Under CFG one x_t of M rows is denoised (MAR shares its initial noise between the halves; here
-        the whole trajectory is shared), with ε = ε_u + cfg (ε_c - ε_u) and the conditional variance.
+        the whole trajectory is shared), with ε = ε_u + cfg (ε_c - ε_u) (or the same on v, which is
+        linear in ε at a given x_t) and the conditional variance.
         ``diffusion_sampler``: ``ddpm`` (ancestral, MAR's) or a fewer-step ODE solver (``ddim``,
         ``dpm++``, see `GaussianDiffusion.solve`), over ``diffusion_steps`` (default: the head's
         ``num_sampling_steps``) training timesteps spaced by ``timestep_spacing``.

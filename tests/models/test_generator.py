@@ -214,3 +214,23 @@ def test_on_step_sees_every_step_and_the_last_one_is_the_sample(order, text):
     revealed = [int((~masked).sum()) for _, masked in frames]
     assert revealed == sorted(revealed) and revealed[-1] == 3 * gen.num_tokens
     assert torch.equal(frames[-1][0], out)
+
+
+@pytest.mark.parametrize("order", ["random", "raster"])
+def test_x0_loss_adds_the_readout_mse_on_the_predicted_tokens(order, text, monkeypatch):
+    emb, mask = text
+    gen = tiny_generator("continuous", order, x0_loss_weight=0.5).train()
+    seen = {}
+
+    def head_loss(target, cond, rng=None):
+        seen["target"], seen["cond"] = target, cond
+        return torch.zeros(())
+
+    monkeypatch.setattr(gen.head, "loss", head_loss)
+    loss = gen(random_tokens(gen, 3), emb, mask, rng=torch.Generator().manual_seed(1))
+    expected = 0.5 * ((gen.x0_readout(seen["cond"]) - seen["target"]) ** 2).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert gen.x0_readout.weight.grad.abs().sum() > 0 and gen.blocks[0].mlp.fc1.weight.grad.abs().sum() > 0
+    assert tiny_generator("continuous", order).x0_readout is None  # off by default (MAR, Fluid)
+    assert tiny_generator("discrete", order, x0_loss_weight=0.5).x0_readout is None  # a logits head needs none
