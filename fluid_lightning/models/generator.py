@@ -182,8 +182,7 @@ class FluidGenerator(nn.Module):
         ctx, ctx_mask = self.encode_text(text, text_mask, drop)
         if self.order == "random":
             mask = self.random_mask(b, device, rng)
-            x = torch.where(mask[..., None], self.mask_token.to(ctx.dtype), self.embed(tokens).to(ctx.dtype))
-            z = self._run(x + self.pos_embed, ctx, ctx_mask)
+            z = self.conditions(tokens, mask, ctx, ctx_mask)
             return self._loss(tokens[mask], z[mask], rng)
         start = self.start_token.expand(b, 1, -1).to(ctx.dtype)
         x = torch.cat([start, self.embed(tokens[:, :-1]).to(ctx.dtype)], dim=1)
@@ -195,6 +194,13 @@ class FluidGenerator(nn.Module):
         if self.x0_readout is not None:
             loss = loss + self.x0_loss_weight * F.mse_loss(self.x0_readout(z).float(), targets.float())
         return loss
+
+    def conditions(self, tokens: Tensor, masked: Tensor, ctx: Tensor, ctx_mask: Tensor,
+                   cache: KVCache | None = None) -> Tensor:
+        """Random order: the head's condition [B, N, width] for every position, given the tokens where
+        ``masked`` [B, N] is False (the rest read as the mask token) and the aligned text."""
+        x = torch.where(masked[..., None], self.mask_token.to(ctx.dtype), self.embed(tokens).to(ctx.dtype))
+        return self._run(x + self.pos_embed, ctx, ctx_mask, cache)
 
     # ---- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -260,9 +266,8 @@ class FluidGenerator(nn.Module):
         schedule = cosine_mask_schedule(n, min(num_steps, n))
         text_cache = KVCache.empty(self.depth, self_attention=False)  # text keys/values, projected once
         for n_next in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
-            x = torch.where(masked[..., None], self.mask_token.to(ctx.dtype), self.embed(out).to(ctx.dtype))
-            x = x + self.pos_embed
-            z = self._run(torch.cat([x, x]) if guided else x, ctx, ctx_mask, text_cache)
+            z = self.conditions(torch.cat([out, out]) if guided else out, torch.cat([masked, masked]) if guided else masked,
+                                ctx, ctx_mask, text_cache)
             still_masked = rank >= n - n_next  # tokens are revealed in their sample's order
             to_predict = masked & ~still_masked
             cond = z[:b][to_predict]
