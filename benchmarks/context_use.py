@@ -1,4 +1,4 @@
-"""Does a random-order continuous checkpoint read a token's context? A diagnostic for short runs.
+"""Does a random-order continuous checkpoint read a token's context, and its caption? Diagnostics for short runs.
 
     OMP_NUM_THREADS=2 python benchmarks/context_use.py runs/quickstart/checkpoints/last.ckpt [more.ckpt ...]
 
@@ -8,6 +8,11 @@ the transformer's output (EMA weights, the true caption, cfg 1) when every other
 and when none is. A sample counts as "object" when it lies farther from the background token than 10% of
 the largest token-to-background distance in the batch. A model that reads its context draws ~0 objects
 in the first case; one that does not draws about the object share of the image in both.
+
+Caption use: with nothing revealed, the transformer's output for every token under each of the 30 prompts
+"a photo of a <colour> <shape>"; its standard deviation across the prompts (per token and channel, averaged)
+divided by its overall standard deviation. A model that ignores its caption gives 0; every token's
+condition then says "some object, somewhere, of any colour".
 """
 
 from __future__ import annotations
@@ -18,16 +23,14 @@ import torch
 
 from fluid_lightning.checkpointing import load
 from fluid_lightning.data.pixels import images_to_float
-from fluid_lightning.data.shapes import ShapesDataset
+from fluid_lightning.data.shapes import SHAPES, ShapesDataset
+from fluid_lightning.data.vocabulary import COLORS
 from fluid_lightning.lit.generator_module import GeneratorModule
 
 
 @torch.no_grad()
-def object_rate(ckpt: str, scenes: int, draws: int) -> dict[str, float]:
-    module = load(GeneratorModule, ckpt).eval()
+def object_rate(module: GeneratorModule, scenes: int, draws: int) -> dict[str, float]:
     generator = module.sampling_generator
-    if generator.token_kind != "continuous" or generator.order != "random":
-        raise SystemExit(f"{ckpt}: context use is measured for random-order continuous generators only")
     data = ShapesDataset(scenes, image_size=module.tokenizer.image_size)
     items = [data[i] for i in range(scenes)]
     tokens = module.tokenizer.encode(images_to_float(torch.stack([item["image"] for item in items])))
@@ -56,17 +59,35 @@ def object_rate(ckpt: str, scenes: int, draws: int) -> dict[str, float]:
     return rates
 
 
+@torch.no_grad()
+def caption_spread(module: GeneratorModule) -> float:
+    generator = module.sampling_generator
+    prompts = [f"a photo of a {color} {shape}" for color in COLORS for shape in SHAPES]
+    text, text_mask = module.text_encoder(prompts)
+    ctx, ctx_mask = generator.encode_text(text, text_mask)
+    masked = torch.ones(len(prompts), generator.num_tokens, dtype=torch.bool)
+    nothing = torch.zeros(len(prompts), generator.num_tokens, generator.token_dim)
+    z = generator.conditions(nothing, masked, ctx, ctx_mask)
+    return float(z.std(dim=0).mean() / z.std())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ckpts", nargs="+")
     parser.add_argument("--scenes", type=int, default=64)
     parser.add_argument("--draws", type=int, default=32)
     ns = parser.parse_args()
-    print("| checkpoint | P(object at a background token), all others revealed | same, nothing revealed |")
-    print("|---|---|---|")
+    print("| checkpoint | P(object at a background token), all others revealed | same, nothing revealed "
+          "| caption spread of the condition |")
+    print("|---|---|---|---|")
     for ckpt in ns.ckpts:
-        rates = object_rate(ckpt, ns.scenes, ns.draws)
-        print(f"| {ckpt} | {rates['all others revealed']:.3f} | {rates['nothing revealed']:.3f} |", flush=True)
+        module = load(GeneratorModule, ckpt).eval()
+        generator = module.sampling_generator
+        if generator.token_kind != "continuous" or generator.order != "random":
+            raise SystemExit(f"{ckpt}: context use is measured for random-order continuous generators only")
+        rates = object_rate(module, ns.scenes, ns.draws)
+        print(f"| {ckpt} | {rates['all others revealed']:.3f} | {rates['nothing revealed']:.3f} "
+              f"| {caption_spread(module):.3f} |", flush=True)
 
 
 if __name__ == "__main__":
