@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (the CI suite), `lint`, `slow` (long tests), `notebooks`, `bench`, `study`.
+"""Sessions: `nox -s tests` and `notebooks` (with `lint`, what CI runs), `slow` (long tests), `bench`, `study`.
 
 Uses virtualenv + pip on purpose: pip picks up the local CPU torch wheel, uv would download a CUDA
 build of several GB (see ENVIRONMENT notes in the README).
@@ -9,7 +9,7 @@ import os
 import nox
 
 nox.options.default_venv_backend = "virtualenv"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "notebooks"]
 nox.options.reuse_existing_virtualenvs = True
 
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
