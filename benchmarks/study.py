@@ -217,8 +217,9 @@ def report(results: dict[str, dict], fits: dict | None, ns: argparse.Namespace, 
         return Path(os.path.relpath(Path(path).resolve(), link_base.resolve())).as_posix()
 
     any_row = next(iter(results.values()))
+    budget = "quick" if ns.quick else f"{ns.steps} steps" if ns.steps else "the quickstart's budget"
     lines = [
-        f"## study: the four Fluid variants and a Fluid scaling family ({'quick' if ns.quick else 'full'})", "",
+        f"## study: the four Fluid variants and a Fluid scaling family ({budget})", "",
         f"Command: `python benchmarks/study.py {' '.join(ns.argv)}`. Machine: {cpu_name()}, torch "
         f"{torch.__version__}, {any_row['threads']} intra-op thread(s) while training; {time.strftime('%Y-%m-%d')}.",
         f"Every run: conf/experiment/quickstart.yaml + conf/experiment/study/common.yaml + its variant/size files, "
