@@ -9,9 +9,9 @@ and when none is. A sample counts as "object" when it lies farther from the back
 the largest token-to-background distance in the batch. A model that reads its context draws ~0 objects
 in the first case; one that does not draws about the object share of the image in both.
 
-Caption use: with nothing revealed, the transformer's output for every token under each of the 30 prompts
-"a photo of a <colour> <shape>"; its standard deviation across the prompts (per token and channel, averaged)
-divided by its overall standard deviation. A model that ignores its caption gives 0; every token's
+Caption use: with nothing revealed, the transformer's output for every token under each of the 30
+colours-tag captions ("a photo of a red circle", "a photo of an orange square", ...); its standard
+deviation across the prompts (per token and channel, averaged) divided by its overall standard deviation. A model that ignores its caption gives 0; every token's
 condition then says "some object, somewhere, of any colour".
 """
 
@@ -23,7 +23,7 @@ import torch
 
 from fluid_lightning.checkpointing import load
 from fluid_lightning.data.pixels import images_to_float
-from fluid_lightning.data.shapes import SHAPES, ShapesDataset
+from fluid_lightning.data.shapes import SHAPES, SceneSpec, ShapesDataset, caption_for
 from fluid_lightning.data.vocabulary import COLORS
 from fluid_lightning.lit.generator_module import GeneratorModule
 
@@ -62,7 +62,8 @@ def object_rate(module: GeneratorModule, scenes: int, draws: int) -> dict[str, f
 @torch.no_grad()
 def caption_spread(module: GeneratorModule) -> float:
     generator = module.sampling_generator
-    prompts = [f"a photo of a {color} {shape}" for color in COLORS for shape in SHAPES]
+    prompts = [caption_for(SceneSpec("colors", ((shape, color),), named_colors=True))
+               for color in COLORS for shape in SHAPES]
     text, text_mask = module.text_encoder(prompts)
     ctx, ctx_mask = generator.encode_text(text, text_mask)
     masked = torch.ones(len(prompts), generator.num_tokens, dtype=torch.bool)
