@@ -200,6 +200,7 @@ def main() -> None:
                         help="our fewer-step settings beside MAR's sampler, as sampler:diffusion steps:AR steps "
                              "(their image quality: benchmarks/bench_samplers.py)")
     parser.add_argument("--skip-train", action="store_true", help="sampling rows only")
+    parser.add_argument("--skip-sample", action="store_true", help="training rows only")
     ns = parser.parse_args()
     if ns.mar is None or not (ns.mar / "models" / "mar.py").is_file():
         sys.exit("bench_vs_mar: give --mar /path/to/a/clone/of/github.com/LTH14/mar (git clone "
@@ -218,9 +219,9 @@ def main() -> None:
     bf16 = peaks[torch.bfloat16] > peaks[torch.float32]  # the CPU default precision, by measurement
     print(f"# 1024² matmul peak: fp32 {peaks[torch.float32] / 1e9:.1f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.1f} "
           f"GFLOP/s: ours runs {'bf16 autocast' if bf16 else 'fp32 (bf16 is slower here)'} in its default rows; "
-          "the last column divides by the peak measured again just before the row")
-    print("| row | MAR s | ours s | ours / MAR | FLOPs ours / MAR | ours FLOP/s / its peak |")
-    print("|---|---|---|---|---|---|")
+          "the FLOP/s columns divide by the peaks measured again just before the row")
+    print("| row | MAR s | ours s | ours / MAR | FLOPs ours / MAR | MAR FLOP/s / fp32 peak | ours FLOP/s / its peak |")
+    print("|---|---|---|---|---|---|---|")
     matched_depth = ours_depth_matching(Runner("MAR", build_mar(mar, ns.mar_depth, 0.0), device).train_flops(), 0.0, device)
     for dropout in () if ns.skip_train else (0.0, 0.1):
         torch.manual_seed(0)
@@ -235,12 +236,14 @@ def main() -> None:
             ours = Runner("ours", build_ours(depth, dropout), device, bf16=autocast)
             flops = ours.train_flops()
             peak = matmul_peak(torch.bfloat16 if autocast else torch.float32, device)
+            fp32_peak = peak if not autocast else matmul_peak(torch.float32, device)
             times = take_turns([mar_runner, ours], Runner.train_step, ns.rounds, warmup=2)
             m, o = statistics.median(times["MAR"]), statistics.median(times["ours"])
-            print(f"| {label} | {m:.3f} | {o:.3f} | {o / m:.2f} | {flops / mar_flops:.2f} | {flops / o / peak:.0%} |",
+            print(f"| {label} | {m:.3f} | {o:.3f} | {o / m:.2f} | {flops / mar_flops:.2f} | "
+                  f"{mar_flops / m / fp32_peak:.0%} | {flops / o / peak:.0%} |",
                   flush=True)
     samplers = [("ddpm", 25, 16)] + [tuple(int(x) if x.isdigit() else x for x in s.split(":")) for s in ns.samplers]
-    for cfg in (1.0, 3.0):
+    for cfg in () if ns.skip_sample else (1.0, 3.0):
         for depth, autocast in ((2 * ns.mar_depth, False), (matched_depth, False), (matched_depth, True))[: 3 if bf16 else 2]:
             for sampler in samplers if depth == matched_depth else samplers[:1]:
                 mar_runner = Runner("MAR", build_mar(mar, ns.mar_depth, 0.0), device)
@@ -250,7 +253,7 @@ def main() -> None:
                 m, o = (statistics.median(times[k]) / BATCH for k in ("MAR", "ours"))
                 label = (f"sample per image, cfg {cfg}, {depth} blocks, ours {sampler[0]} {sampler[1]} steps x "
                          f"{sampler[2]} AR steps{', bf16' if autocast else ''}")
-                print(f"| {label} | {m:.3f} | {o:.3f} | {o / m:.2f} | | |", flush=True)
+                print(f"| {label} | {m:.3f} | {o:.3f} | {o / m:.2f} | | | |", flush=True)
 
 
 if __name__ == "__main__":

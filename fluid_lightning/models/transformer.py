@@ -1,7 +1,7 @@
 """Transformer building blocks: SDPA self-attention with an optional KV cache, cross-attention
 to text, MLP, pre-norm blocks, and 2-D position embeddings.
 
-Dropout on the CPU draws its keep mask from 16 random bits per element (``keep_mask``): torch's own
+Dropout on the CPU draws its keep mask from 15 random bits per element (``keep_mask``): torch's own
 CPU dropout draws a Bernoulli per element, which costs as much as the attention around it. On other
 devices dropout is torch's. Attention with dropout on the CPU is written out (SDPA's fused CPU
 kernel has no dropout, so it falls back to the same matmul-softmax-matmul path, with the slow mask).
@@ -63,10 +63,14 @@ def _merge_heads(x: Tensor) -> Tensor:
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
-    """Bool mask with P(True) = 1 - p (to 1/65536), 16 random bits per element from the global stream."""
+    """Bool mask with P(True) = 1 - p (to 1/32768), 15 random bits per element from the global stream.
+
+    An int32 ``random_()`` fills [0, 2^31) from one 32-bit draw per word; both 16-bit halves of a word,
+    masked to 15 bits, are uniform. ``randint`` over the full 32-bit range needs a 64-bit draw per word
+    and takes about twice as long."""
     n = math.prod(shape)
-    words = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=device)
-    return words.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768
+    words = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_()
+    return (words.view(torch.int16)[:n].view(shape) & 0x7FFF) >= round(p * 32768)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
