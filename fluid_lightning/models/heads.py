@@ -68,10 +68,16 @@ class AdaLNFinalLayer(nn.Module):
 
 
 class SimpleMLPAdaLN(nn.Module):
-    """Denoiser net(x_t, t, cond): c = emb(t) + proj(cond) modulates every block through adaLN."""
+    """Denoiser net(x_t, t, proj(cond)): c = emb(t) + proj(cond) modulates every block through adaLN.
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, out_dim: int) -> None:
+    The condition's projection is an argument (`embed_condition`) because its callers share one
+    condition across many rows or calls: the training loss's ``batch_mul`` noisy copies of a token,
+    and every step of a sampler."""
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, out_dim: int,
+                 num_timesteps: int = 1000) -> None:
         super().__init__()
+        self.num_timesteps = num_timesteps  # t is one of these training-scale integer steps
         self.input_proj = nn.Linear(token_dim, width)
         self.time_embed = TimestepEmbedder(width)
         self.cond_embed = nn.Linear(cond_dim, width)
@@ -96,10 +102,24 @@ class SimpleMLPAdaLN(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        dtype = self.input_proj.weight.dtype  # follow the parameters' dtype (bf16-true runs)
-        h = self.input_proj(x.to(dtype))
-        c = self.time_embed(t) + self.cond_embed(cond.to(dtype))
+    def embed_condition(self, cond: Tensor) -> Tensor:
+        """[M, cond_dim] -> [M, width]."""
+        return self.cond_embed(cond.to(self.cond_embed.weight.dtype))  # the parameters' dtype (bf16-true runs)
+
+    def embed_time(self, t: Tensor) -> Tensor:
+        """[R] -> [R, width]. With more rows than timesteps (training batches), the MLP runs once per
+        timestep and the rows look theirs up: fewer rows through it, and a fixed shape (no sync)."""
+        if t.numel() <= self.num_timesteps:
+            return self.time_embed(t)
+        return self.time_embed(torch.arange(self.num_timesteps, device=t.device))[t]
+
+    def forward(self, x: Tensor, t: Tensor, cond_embedding: Tensor) -> Tensor:
+        """x [R, token_dim], t [R], ``cond_embedding`` [M, width] with M dividing R: row i reads row i mod M."""
+        h = self.input_proj(x.to(self.input_proj.weight.dtype))
+        copies, rest = divmod(x.shape[0], cond_embedding.shape[0])
+        if rest:
+            raise ValueError(f"{x.shape[0]} rows of x_t cannot share {cond_embedding.shape[0]} condition rows evenly")
+        c = self.embed_time(t) + (cond_embedding.repeat(copies, 1) if copies > 1 else cond_embedding)
         for block in self.blocks:
             h = block(h, c)
         return self.final(h, c)
@@ -130,7 +150,8 @@ class DiffusionHead(nn.Module):
         self.token_dim = token_dim
         self.batch_mul = batch_mul
         self.learn_sigma = learn_sigma
-        self.net = SimpleMLPAdaLN(token_dim, cond_dim, width, depth, token_dim * (2 if learn_sigma else 1))
+        self.net = SimpleMLPAdaLN(token_dim, cond_dim, width, depth, token_dim * (2 if learn_sigma else 1),
+                                  num_train_steps)
         # Plain attributes, not buffers: the schedules are constants, rebuilt from the constructor args.
         self.train_diffusion = GaussianDiffusion(num_train_steps, noise_schedule, learn_sigma,
                                                  prediction_type=prediction_type)
@@ -143,8 +164,8 @@ class DiffusionHead(nn.Module):
         if target.shape[0] != cond.shape[0]:
             raise ValueError(f"target has {target.shape[0]} rows but cond has {cond.shape[0]}")
         target = target.repeat(self.batch_mul, 1)
-        cond = cond.repeat(self.batch_mul, 1)
-        losses = self.train_diffusion.training_losses(lambda x, t: self.net(x, t, cond), target, rng)
+        cond_embedding = self.net.embed_condition(cond)  # once per token, not per copy
+        losses = self.train_diffusion.training_losses(lambda x, t: self.net(x, t, cond_embedding), target, rng)
         return losses.mean()
 
     @torch.no_grad()
@@ -168,10 +189,11 @@ class DiffusionHead(nn.Module):
         ``dpm++``, see `GaussianDiffusion.solve`), over ``diffusion_steps`` (default: the head's
         ``num_sampling_steps``) training timesteps spaced by ``timestep_spacing``.
         """
+        cond_embedding = self.net.embed_condition(cond)  # once, not per diffusion step
         if cfg is None:
 
             def model_fn(x: Tensor, t: Tensor) -> Tensor:
-                return self.net(x, t, cond).float()
+                return self.net(x, t, cond_embedding).float()
 
             m = cond.shape[0]
         else:
@@ -180,7 +202,7 @@ class DiffusionHead(nn.Module):
             m = cond.shape[0] // 2
 
             def model_fn(x: Tensor, t: Tensor) -> Tensor:
-                out = self.net(torch.cat([x, x]), torch.cat([t, t]), cond).float()
+                out = self.net(torch.cat([x, x]), torch.cat([t, t]), cond_embedding).float()
                 out_c, out_u = out.chunk(2, dim=0)
                 eps_c, eps_u = out_c[:, : self.token_dim], out_u[:, : self.token_dim]
                 eps = eps_u + cfg * (eps_c - eps_u)

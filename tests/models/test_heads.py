@@ -243,6 +243,44 @@ def test_diffusion_head_loss_repeats_rows_and_trains_every_parameter() -> None:
         head.loss(target, cond[:4])
 
 
+def test_diffusion_head_loss_embeds_each_condition_once_with_the_same_loss_and_gradients() -> None:
+    head = DiffusionHead(3, 4, width=32, depth=2, batch_mul=4)
+    _randomise(head, std=0.1)
+    target, cond = torch.randn(5, 3, generator=_gen(0)), torch.randn(5, 4, generator=_gen(1))
+    rows: list[int] = []
+    handle = head.net.cond_embed.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    loss = head.loss(target, cond, rng=_gen(2))
+    handle.remove()
+    assert rows == [5]  # not 20: the batch_mul copies share one projection
+    fast = torch.autograd.grad(loss, list(head.parameters()))
+    # Each copy embedding its own row of the repeated condition, as MAR does:
+    per_copy = head.train_diffusion.training_losses(
+        lambda x, t: head.net(x, t, head.net.embed_condition(cond.repeat(4, 1))), target.repeat(4, 1), _gen(2)
+    ).mean()
+    torch.testing.assert_close(loss, per_copy)
+    for got, want in zip(fast, torch.autograd.grad(per_copy, list(head.parameters()))):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="evenly"):
+        head.net(torch.randn(7, 3), torch.zeros(7, dtype=torch.long), head.net.embed_condition(cond[:2]))
+
+
+def test_time_embedding_looked_up_per_timestep_equals_it_per_row_with_the_same_gradients() -> None:
+    head = DiffusionHead(3, 4, width=32, depth=2, num_train_steps=50)
+    _randomise(head, std=0.1)
+    net, t = head.net, torch.randint(0, 50, (300,), generator=_gen(0))
+    looked_up = net.embed_time(t)  # 300 rows > 50 timesteps: the MLP runs on the 50 steps
+    per_row = net.time_embed(t)
+    torch.testing.assert_close(looked_up, per_row)
+    weights = list(net.time_embed.parameters())
+    for got, want in zip(torch.autograd.grad(looked_up.square().sum(), weights),
+                         torch.autograd.grad(per_row.square().sum(), weights)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)  # sums over 300 rows in another order
+    rows: list[int] = []
+    net.time_embed.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    net.embed_time(t), net.embed_time(t[:20])
+    assert rows == [50, 20]
+
+
 def test_vlb_term_does_not_train_the_mean() -> None:
     """With learned sigma the ε half gets only the MSE gradient (improved DDPM's stop-gradient)."""
     diff = GaussianDiffusion(1000, "cosine", learn_sigma=True)
