@@ -18,9 +18,11 @@ The baseline, "raw PIL decode", is ``Image.open(path).convert("RGB")`` per extra
 full-size decode to RGB, nothing else (no tar, resize, crop or batching). The WebDataModule does what a
 training step gets: tar reading, decoding, resize/crop to ``image_size`` (random crops), batches of 32
 (uint8 [32, 3, S, S] by default). Loaders are built before the clock starts (once per run in training).
-Ablations, 0 workers: ``image_dtype="float32"`` (float batches built on the CPU) and webdataset's
-``tarfile`` reader instead of `tarstream`. A second set stores the JPEGs at 512² for ``image_size=256``,
-where the loader decodes in PIL's draft mode (1/2 scale in the DCT); its raw baseline is given with a
+The loader decodes JPEGs with libjpeg-turbo through simplejpeg (the same pixels as PIL), so a second
+baseline, "raw libjpeg-turbo decode", is ``simplejpeg.decode_jpeg`` per file: the loader's overhead.
+Ablations, 0 workers: JPEGs decoded by PIL (as before simplejpeg), ``image_dtype="float32"`` (float
+batches built on the CPU) and webdataset's ``tarfile`` reader instead of `tarstream`. A second set stores the JPEGs at 512² for ``image_size=256``,
+where the loader decodes at 1/2 scale in the DCT (PIL's draft mode); its raw baseline is given with a
 full decode and with the same draft decode, so the table shows where the gain comes from. Also timed:
 ``images_to_float`` on the CPU (the conversion a model now does on its device) and the fresh shared
 memory every batch from a worker travels in.
@@ -43,10 +45,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 import torch
 import webdataset as wds
 from PIL import Image
 
+import fluid_lightning.data.samples as samples
 import fluid_lightning.data.webdata as webdata
 from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.data.shards import ShardSink
@@ -91,10 +95,13 @@ def raw_pil(files: list[Path], draft: int | None = None) -> float:
     return count / (time.perf_counter() - start)
 
 
-def raw_steps(files: list[Path], draft: int | None = None) -> Iterator[int]:
-    """Decode `files`, BATCH at a time, yielding how many were decoded."""
+def raw_steps(files: list[Path], draft: int | None = None, decoder: str = "pil") -> Iterator[int]:
+    """Decode `files`, BATCH at a time, yielding how many were decoded (decoder: pil | simplejpeg)."""
     for first in range(0, len(files), BATCH):
         for path in files[first : first + BATCH]:
+            if decoder == "simplejpeg":
+                simplejpeg.decode_jpeg(path.read_bytes(), colorspace="RGB")
+                continue
             with Image.open(path) as image:
                 if draft:
                     image.draft("RGB", (draft, draft))
@@ -114,20 +121,33 @@ def tarfile_reader(active: bool = True):
         webdata.tarfile_samples = ours
 
 
+@contextlib.contextmanager
+def pil_decoder(active: bool = True):
+    """JPEGs decoded by PIL, as before simplejpeg (in-process loaders only)."""
+    ours = samples._decode_jpeg
+    if active:
+        samples._decode_jpeg = lambda data, size: None
+    try:
+        yield
+    finally:
+        samples._decode_jpeg = ours
+
+
 def datamodule(urls: str, workers: int = 0, image_dtype: str = "uint8", persistent: bool = False) -> WebDataModule:
     return WebDataModule(urls, image_size=256, batch_size=BATCH, num_workers=workers, resampled=False,
                          shuffle_buffer=0, random_crop=True, pin_memory=False, persistent_workers=persistent,
                          image_dtype=image_dtype)
 
 
-def loader_steps(urls: str, image_dtype: str = "uint8", reader: str = "tarstream") -> Iterator[int]:
+def loader_steps(urls: str, image_dtype: str = "uint8", reader: str = "tarstream", decoder: str = "simplejpeg"
+                 ) -> Iterator[int]:
     """One in-process pass, a batch per step (the loader is built now, before the first step)."""
     data = datamodule(urls, image_dtype=image_dtype).train_dataloader()
 
     def steps() -> Iterator[int]:
         batches = iter(data)
         while True:
-            with tarfile_reader(reader == "tarfile"):  # only while this variant runs
+            with tarfile_reader(reader == "tarfile"), pil_decoder(decoder == "pil"):  # only while this variant runs
                 batch = next(batches, None)
             if batch is None:
                 return
@@ -245,7 +265,9 @@ def main() -> None:
     zero = "WebDataModule, 0 workers"
     fresh, persistent = "WebDataModule, 2 workers, fresh (start-up included)", "WebDataModule, 2 workers, persistent (2nd epoch)"
     float32, tarfile = "0 workers, image_dtype=float32 (ablation)", "0 workers, webdataset's tarfile reader (ablation)"
-    turns, turns_512 = {name: [] for name in (raw, zero, float32, tarfile)}, {name: [] for name in (raw, draft, zero)}
+    raw_sj, pil = "raw libjpeg-turbo decode (simplejpeg)", "0 workers, JPEGs decoded by PIL (ablation)"
+    turns = {name: [] for name in (raw, raw_sj, zero, pil, float32, tarfile)}
+    turns_512 = {name: [] for name in (raw, draft, zero)}
     cpu, cpu_512 = {name: [] for name in turns}, {name: [] for name in turns_512}
     workers, workers_512 = {name: [] for name in (raw, fresh, persistent)}, {name: [] for name in (raw, persistent)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,7 +275,8 @@ def main() -> None:
         urls_512, files_512 = make_data(Path(tmp) / "512", args.n, args.shard_size, size=512)
         raw_pil(files[:BATCH]), raw_pil(files_512[:BATCH])  # warm the page cache and PIL's plugins
         for _ in range(args.rounds):
-            rates = take_turns({raw: lambda: raw_steps(files), zero: lambda: loader_steps(urls),
+            rates = take_turns({raw: lambda: raw_steps(files), raw_sj: lambda: raw_steps(files, decoder="simplejpeg"),
+                                zero: lambda: loader_steps(urls), pil: lambda: loader_steps(urls, decoder="pil"),
                                 float32: lambda: loader_steps(urls, image_dtype="float32"),
                                 tarfile: lambda: loader_steps(urls, reader="tarfile")})
             for name, (rate, cpu_rate) in rates.items():
@@ -275,7 +298,7 @@ def main() -> None:
              f"{' '.join(['python benchmarks/bench_datamodule.py', *sys.argv[1:]])}`",
              f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, shared; {platform.platform()}, "
              f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-             f"Pillow {Image.__version__}. {args.n} photo-like JPEGs (q90) in {args.shard_size}-sample shards; "
+             f"Pillow {Image.__version__}, simplejpeg {simplejpeg.__version__}. {args.n} photo-like JPEGs (q90) in {args.shard_size}-sample shards; "
              f"{args.rounds} rounds; DataModule output: batches of {BATCH} uint8 [3,256,256] (random crops) "
              "unless said otherwise.",
              "", "256² JPEGs, `image_size=256` (the target: the WebDataModule at >= 0.8x raw PIL decode). "

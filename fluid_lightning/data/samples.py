@@ -14,11 +14,13 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
+import simplejpeg
 import torch
 import webdataset as wds
 from PIL import Image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+JPEG_MAGIC = b"\xff\xd8"
 LATENT_EXTENSION = "latent.npy"
 COUNTERS = ("samples", "missing_image", "missing_caption", "bad_image", "bad_latent", "shard_errors")
 
@@ -164,10 +166,11 @@ class ImageDecoder(_SampleDecoder):
 
     Resizes the shorter side to `image_size` (bicubic) and crops S×S at the centre or,
     with `random_crop`, at a random offset. No horizontal flips: they would falsify
-    "left of"/"right of" captions. A JPEG at least twice the size is decoded at 1/2, 1/4
-    or 1/8 scale (PIL's draft mode: the DCT does the first downscale, never below S) and
-    then resized. The crop is a view of the decoded pixels: `pixels.collate_pixels`
-    makes the one copy, into the batch.
+    "left of"/"right of" captions. JPEGs are decoded by libjpeg-turbo through simplejpeg (the
+    pixels PIL gives, ~1.3x as fast: `_decode_jpeg`), other formats by PIL. A JPEG at least
+    twice the size is decoded at 1/2, 1/4 or 1/8 scale (PIL's draft mode: the DCT does the
+    first downscale, never below S) and then resized. The crop is a view of the decoded
+    pixels: `pixels.collate_pixels` makes the one copy, into the batch.
     """
 
     output_key, bad_counter = "image", "bad_image"
@@ -181,24 +184,55 @@ class ImageDecoder(_SampleDecoder):
 
     def load(self, data: bytes, rng: random.Random) -> np.ndarray:
         size = self.image_size
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format == "JPEG" and min(image.size) >= 2 * size:
-                image.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
-            image.load()  # the full decode: truncated files raise here
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            width, height = image.size
-            if min(width, height) != size:
-                scale = size / min(width, height)
-                image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
-                                     Image.Resampling.BICUBIC)
-                width, height = image.size
-            pixels = np.frombuffer(image.tobytes(), np.uint8).reshape(height, width, 3)  # read-only, no copy
+        pixels = _decode_jpeg(data, size) if data[:2] == JPEG_MAGIC else None
+        if pixels is None:
+            pixels = _decode_with_pil(data, size)
+        height, width = pixels.shape[:2]
+        if min(width, height) != size:
+            scale = size / min(width, height)
+            resized = Image.fromarray(pixels).resize(
+                (max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BICUBIC)
+            width, height = resized.size
+            pixels = np.frombuffer(resized.tobytes(), np.uint8).reshape(height, width, 3)  # read-only, no copy
         if self.random_crop:
             left, top = rng.randint(0, width - size), rng.randint(0, height - size)
         else:
             left, top = (width - size) // 2, (height - size) // 2
         return pixels[top : top + size, left : left + size]
+
+
+def _draft_factor(width: int, height: int, size: int) -> int:
+    """PIL's draft-mode choice: the largest of 1, 2, 4, 8 that keeps both sides at least `size`."""
+    most = min(width // size, height // size)
+    return next(f for f in (8, 4, 2, 1) if f <= max(most, 1))
+
+
+def _decode_jpeg(data: bytes, size: int) -> np.ndarray | None:
+    """A JPEG as RGB uint8 [H, W, 3] by libjpeg-turbo straight into a numpy array (simplejpeg), scaled in
+    the DCT by PIL's draft factor; None for other colour spaces (PIL converts CMYK its own way) and
+    where libjpeg-turbo fails: PIL decides then.
+
+    PIL decodes with the same library and settings (accurate DCT, fancy upsampling), so the pixels are
+    the same; it only stores RGB as 4 bytes per pixel and packs them to 3 on the way out."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray"):
+            return None
+        factor = _draft_factor(width, height, size)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // factor),
+                                      min_width=-(-width // factor), min_factor=factor)
+    except ValueError:  # also what a damaged file raises: PIL's decode then fails and counts it
+        return None
+
+
+def _decode_with_pil(data: bytes, size: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (size, size))  # DCT-domain downscale by _draft_factor, never below `size`
+        image.load()  # the full decode: truncated files raise here
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width, 3)
 
 
 class LatentDecoder(_SampleDecoder):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fluid_lightning.data import samples
 from fluid_lightning.data.pixels import collate_pixels, images_to_float
 from fluid_lightning.data.samples import ImageDecoder, SampleCounters
 from fluid_lightning.data.shapes import collate_images, image_to_tensor
@@ -114,6 +115,18 @@ def test_a_channels_last_batch_goes_through_pinning_and_stays_exact():
     assert torch.equal(images_to_float(batch.contiguous()), expected)
     with pytest.raises(ValueError, match="image_dtype"):
         collate_pixels(samples, image_dtype="float16")
+
+
+@pytest.mark.parametrize("width,height,mode,size", [(32, 32, None, 32), (100, 70, None, 32), (1024, 768, None, 256),
+                                                    (300, 90, None, 32), (64, 64, "L", 16), (80, 80, "CMYK", 32)])
+def test_jpegs_decode_through_libjpeg_turbo_to_the_pixels_pil_gives(width, height, mode, size):
+    data = _encoded(_photo(np.random.default_rng(width), width, height), "JPEG", mode)
+    fast, pil = samples._decode_jpeg(data, size), samples._decode_with_pil(data, size)
+    if mode == "CMYK":  # PIL converts CMYK its own way: left to it
+        assert fast is None
+    else:
+        assert fast is not None and fast.shape == pil.shape and np.array_equal(fast, pil)
+    assert samples._decode_jpeg(data[: len(data) // 2], size) is None  # cut short: PIL raises, it is counted
 
 
 # Draft mode decodes a JPEG at 1/2, 1/4 or 1/8 scale in the DCT, then resizes the rest of the way: its
