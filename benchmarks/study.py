@@ -4,7 +4,10 @@ family of the Fluid variant, trained one after another and evaluated the same wa
     OMP_NUM_THREADS=2 python benchmarks/study.py --out runs/study               # the whole study (hours on a CPU)
     python benchmarks/study.py --quick --out runs/study_quick                   # tiny batches, 3 steps: what CI runs
     python benchmarks/study.py --only fluid maskgit --steps 500 --out runs/study_500
-    python benchmarks/study.py --out runs/study --reuse --results benchmarks/RESULTS.md  # evaluate again, append
+    python benchmarks/study.py --out runs/study --reuse --results benchmarks/RESULTS.md  # report again, append
+
+Runs can be split over processes (``--only``, same ``--out``, one thread each); a final ``--reuse`` over all of
+them reports them together from their saved training and evaluation (<run>/train.json, <run>/eval.json).
 
 Every run is conf/experiment/quickstart.yaml + conf/experiment/study/common.yaml + its overlay files (VARIANTS),
 trained in this process through the real CLI into <out>/<name>. Each checkpoint is then loaded and measured:
@@ -172,6 +175,16 @@ def evaluate(info: dict, out: Path, ns: argparse.Namespace, feature: torch.nn.Mo
     }
 
 
+def evaluation_key(info: dict, ns: argparse.Namespace, feature_name: str) -> dict:
+    """What an evaluation depends on: the checkpoint as written and the evaluation settings. --reuse takes a
+    run's <run>/eval.json only when its key is this one, so runs trained in separate processes (--only) can be
+    reported together without sampling them again."""
+    ckpt = Path(info["ckpt"])
+    return {"ckpt": str(ckpt), "ckpt_mtime_ns": ckpt.stat().st_mtime_ns, "quick": ns.quick,
+            "min_per_tag": ns.min_per_tag, "val_images": ns.val_images, "batch_size": ns.batch_size,
+            "fid_feature": feature_name}
+
+
 def power_law(x: list[float], y: list[float]) -> dict:
     """y ≈ a·x^b by least squares on logs (numpy polyfit); r2 is that line's R² in log space."""
     if min(x) <= 0 or min(y) <= 0:
@@ -266,7 +279,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="runs to do")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps (default: the quickstart's)")
     parser.add_argument("--quick", action="store_true", help="CI: batch 4, 3 steps unless --steps, few samples")
-    parser.add_argument("--reuse", action="store_true", help="skip training where <out>/<run>/train.json exists")
+    parser.add_argument("--reuse", action="store_true", help="skip training where <out>/<run>/train.json exists, "
+                        "and evaluating where <out>/<run>/eval.json has the same checkpoint and settings")
     parser.add_argument("--min-per-tag", type=int, default=32, help="evaluation suite records per tag, at least")
     parser.add_argument("--val-images", type=int, default=256, help="validation scenes for the EMA val loss")
     parser.add_argument("--batch-size", type=int, default=32, help="sampling and val-loss batch")
@@ -302,7 +316,14 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             print(f"# {name}: training {' + '.join(VARIANTS[name])}", flush=True)
             info = train(name, run_dir, overrides)
-        results[name] = evaluate(info, ns.out, ns, feature)
+        key, saved_eval = evaluation_key(info, ns, feature_name), run_dir / "eval.json"
+        cached = json.loads(saved_eval.read_text()) if ns.reuse and saved_eval.exists() else {}
+        if cached.get("key") == key and Path(cached["result"]["grid"]).exists():
+            results[name] = cached["result"]
+            print(f"# {name}: reusing its evaluation ({saved_eval})", flush=True)
+        else:
+            results[name] = evaluate(info, ns.out, ns, feature)
+            saved_eval.write_text(json.dumps({"key": key, "result": results[name]}, indent=1))
         r = results[name]
         print(f"#   {r['steps']} steps in {r['train_s']:.1f} s, val loss {r['val_loss']:.4f}, FID {r['fid']:.3g}, "
               f"shapes {r['shapes']['overall']:.3f}", flush=True)

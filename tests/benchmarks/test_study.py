@@ -1,6 +1,7 @@
 """benchmarks/study.py end to end in its --quick form (every variant and size, 3 steps of batch 4): the report
 has a row per run, the grids and the scaling plot exist, the power-law fits are finite; --reuse evaluates
-without training again and --results appends the section with links that resolve from that file."""
+without training again (and without sampling again while checkpoint and settings are the same) and --results
+appends the section with links that resolve from that file."""
 
 import importlib.util
 import json
@@ -55,6 +56,15 @@ def test_reuse_evaluates_without_training_and_results_appends(quick, tmp_path):
     assert text.startswith("# Results\n") and "needs at least three" in text
     for target in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (results.parent / target).exists(), target
+
+
+def test_reuse_reports_a_saved_evaluation_without_sampling_again_until_the_checkpoint_changes(quick, monkeypatch):
+    trained, result = quick
+    monkeypatch.setattr(study, "evaluate", lambda *args: pytest.fail("evaluated again"))
+    again = study.main(["--quick", "--out", str(trained), "--only", "fluid", "--reuse"])
+    assert again["runs"]["fluid"] == result["runs"]["fluid"]
+    with pytest.raises(pytest.fail.Exception, match="evaluated again"):  # other settings: a new evaluation
+        study.main(["--quick", "--out", str(trained), "--only", "fluid", "--reuse", "--val-images", "2"])
 
 
 def test_power_law_recovers_its_exponent():
