@@ -21,9 +21,10 @@ training step gets: tar reading, decoding, resize/crop to ``image_size`` (random
 The loader decodes JPEGs with libjpeg-turbo through simplejpeg (the same pixels as PIL), so a second
 baseline, "raw libjpeg-turbo decode", is ``simplejpeg.decode_jpeg`` per file: the loader's overhead.
 Ablations, 0 workers: JPEGs decoded by PIL (as before simplejpeg), ``image_dtype="float32"`` (float
-batches built on the CPU) and webdataset's ``tarfile`` reader instead of `tarstream`. A second set stores the JPEGs at 512² for ``image_size=256``,
-where the loader decodes at 1/2 scale in the DCT (PIL's draft mode); its raw baseline is given with a
-full decode and with the same draft decode, so the table shows where the gain comes from. Also timed:
+batches built on the CPU) and webdataset's ``tarfile`` reader instead of `tarstream`. A second set stores
+the JPEGs at 512² for ``image_size=256``, where the loader decodes at 1/2 scale in the DCT (PIL's draft
+mode); its raw baseline is given with a full decode and with the same draft decode, so the table shows
+where the gain comes from. Also timed:
 ``images_to_float`` on the CPU (the conversion a model now does on its device) and the fresh shared
 memory every batch from a worker travels in.
 
