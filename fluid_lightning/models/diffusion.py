@@ -20,7 +20,8 @@ from torch import Tensor
 from . import draws
 
 # model_fn(x_t, t) -> ε (or v), or [ε, var] concatenated on the last dim when the variance is learned.
-# t is always given in *training* timestep units (0..num_train_steps-1), also when respaced.
+# t is always given in *training* timestep units (0..num_train_steps-1), also when respaced: [R], one per
+# row of x_t, in training; [1], shared by every row, from the samplers (the net embeds it once, not R times).
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -240,7 +241,7 @@ class GaussianDiffusion:
         x = draws.normal(shape, device, rng)
         timestep_map = self._table("timestep_map", torch.device(device))
         for i in reversed(range(self.num_steps)):
-            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            t = torch.full((1,), i, device=device, dtype=torch.long)
             out = self.p_mean_variance(model_fn(x, timestep_map[t]), x, t)
             noise = draws.normal(shape, device, rng)
             if i > 0:
@@ -279,7 +280,7 @@ class GaussianDiffusion:
         scheduler.set_timesteps(num_steps)
         x = draws.normal(shape, device, rng) * temperature
         for t in scheduler.timesteps:
-            out = model_fn(x, torch.full((shape[0],), int(t), device=device, dtype=torch.long)).float()
+            out = model_fn(x, torch.full((1,), int(t), device=device, dtype=torch.long)).float()
             out = out.chunk(2, dim=-1)[0] if self.learn_sigma else out
             x = scheduler.step(out, t, x).prev_sample
         return x

@@ -116,7 +116,8 @@ class SimpleMLPAdaLN(nn.Module):
         return self.time_embed(torch.arange(self.num_timesteps, device=t.device))[t]
 
     def forward(self, x: Tensor, t: Tensor, cond_embedding: Tensor) -> Tensor:
-        """x [R, token_dim], t [R], ``cond_embedding`` [M, width] with M dividing R: row i reads row i mod M."""
+        """x [R, token_dim], t [R] or [1] (every row's), ``cond_embedding`` [M, width] with M dividing R:
+        row i reads row i mod M."""
         h = self.input_proj(x.to(self.input_proj.weight.dtype))
         copies, rest = divmod(x.shape[0], cond_embedding.shape[0])
         if rest:
@@ -211,7 +212,7 @@ class DiffusionHead(nn.Module):
             m = cond.shape[0] // 2
 
             def model_fn(x: Tensor, t: Tensor) -> Tensor:
-                out = self.net(torch.cat([x, x]), torch.cat([t, t]), cond_embedding).float()
+                out = self.net(torch.cat([x, x]), t if t.numel() == 1 else torch.cat([t, t]), cond_embedding).float()
                 out_c, out_u = out.chunk(2, dim=0)
                 eps_c, eps_u = out_c[:, : self.token_dim], out_u[:, : self.token_dim]
                 eps = eps_u + cfg * (eps_c - eps_u)

@@ -281,6 +281,26 @@ def test_time_embedding_looked_up_per_timestep_equals_it_per_row_with_the_same_g
     assert rows == [50, 20]
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++"])
+def test_sampling_embeds_each_diffusion_step_once_as_if_per_row(sampler: str) -> None:
+    head = DiffusionHead(3, 4, width=32, depth=2, num_sampling_steps=10)
+    _randomise(head, std=0.1)
+    cond = torch.randn(12, 4, generator=_gen(0))  # [cond; uncond] of 6 tokens under cfg
+    rows: list[int] = []
+    handle = head.net.time_embed.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    shared = head.sample(cond, cfg=2.0, rng=_gen(1), diffusion_sampler=sampler, diffusion_steps=10)
+    handle.remove()
+    assert rows == [1] * 10  # one row per diffusion step, not one per token and guidance half
+    net_forward = head.net.forward
+
+    def per_row(x: torch.Tensor, t: torch.Tensor, cond_embedding: torch.Tensor) -> torch.Tensor:
+        return net_forward(x, t.expand(x.shape[0]), cond_embedding)
+
+    head.net.forward = per_row
+    torch.testing.assert_close(head.sample(cond, cfg=2.0, rng=_gen(1), diffusion_sampler=sampler,
+                                           diffusion_steps=10), shared)
+
+
 def test_vlb_term_does_not_train_the_mean() -> None:
     """With learned sigma the ε half gets only the MSE gradient (improved DDPM's stop-gradient)."""
     diff = GaussianDiffusion(1000, "cosine", learn_sigma=True)
