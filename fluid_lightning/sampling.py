@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .models.generator import FluidGenerator
+from .models.diffusion import DIFFUSION_SAMPLERS, TIMESTEP_SPACINGS
+from .models.generator import CFG_SCHEDULES, FluidGenerator
 from .models.summary import dtype_of
 
 
@@ -40,30 +41,28 @@ class SamplingSettings:
 
     steps: int = 64
     cfg: float = 3.0
-    cfg_schedule: Literal["linear", "constant"] = "linear"
+    cfg_schedule: Literal[CFG_SCHEDULES] = "linear"
     temperature: float = 1.0
     top_k: int | None = None
     seed: int | None = 0
     kv_cache: bool = True
     diffusion_steps: int | None = None
-    diffusion_sampler: Literal["ddpm", "ddim", "dpm++"] = "ddpm"
-    timestep_spacing: Literal["linspace", "leading", "trailing"] = "leading"
+    diffusion_sampler: Literal[DIFFUSION_SAMPLERS] = "ddpm"
+    timestep_spacing: Literal[TIMESTEP_SPACINGS] = "leading"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"sampling steps must be at least 1, got {self.steps}")
-        if self.cfg_schedule not in ("linear", "constant"):
-            raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be at least 1 (or null), got {self.top_k}")
         if self.diffusion_steps is not None and self.diffusion_steps < 1:
             raise ValueError(f"diffusion_steps must be at least 1 (or null), got {self.diffusion_steps}")
-        if self.diffusion_sampler not in ("ddpm", "ddim", "dpm++"):
-            raise ValueError(f"diffusion_sampler must be 'ddpm', 'ddim' or 'dpm++', got {self.diffusion_sampler!r}")
-        if self.timestep_spacing not in ("linspace", "leading", "trailing"):
-            raise ValueError(f"timestep_spacing must be 'linspace', 'leading' or 'trailing', got {self.timestep_spacing!r}")
+        for name, choices in (("cfg_schedule", CFG_SCHEDULES), ("diffusion_sampler", DIFFUSION_SAMPLERS),
+                              ("timestep_spacing", TIMESTEP_SPACINGS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
 
     def replace(self, **changes) -> SamplingSettings:
         return dataclasses.replace(self, **changes)

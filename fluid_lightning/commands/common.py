@@ -7,7 +7,7 @@ import dataclasses
 
 import torch
 
-from ..sampling import SamplingSettings
+from ..sampling import CFG_SCHEDULES, DIFFUSION_SAMPLERS, TIMESTEP_SPACINGS, SamplingSettings
 
 
 def positive_int(text: str) -> int:
@@ -42,16 +42,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=positive_int, help="random order: tokens are revealed over this many steps "
                        f"(e.g. {example.steps}); raster order takes one per token")
     group.add_argument("--cfg", type=float, help=f"classifier-free guidance scale, 1 = off (e.g. {example.cfg})")
-    group.add_argument("--cfg-schedule", choices=["linear", "constant"])
+    group.add_argument("--cfg-schedule", choices=CFG_SCHEDULES)
     group.add_argument("--temperature", type=float)
     group.add_argument("--top-k", type=positive_int, help="discrete tokens only")
     group.add_argument("--seed", type=int)
     group.add_argument("--no-kv-cache", dest="kv_cache", action="store_const", const=False,
                        help="raster order: recompute the prefix each step")
     group.add_argument("--diffusion-steps", type=positive_int, help="continuous tokens: diffusion steps per token")
-    group.add_argument("--diffusion-sampler", choices=["ddpm", "ddim", "dpm++"],
+    group.add_argument("--diffusion-sampler", choices=DIFFUSION_SAMPLERS,
                        help="continuous tokens: ancestral (ddpm, MAR's) or a fewer-step ODE solver")
-    group.add_argument("--timestep-spacing", choices=["linspace", "leading", "trailing"])
+    group.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS)
 
 
 def sampling_from_arguments(settings: SamplingSettings, ns: argparse.Namespace) -> SamplingSettings:

@@ -38,6 +38,9 @@ def make_betas(schedule: str, num_steps: int) -> Tensor:
     raise ValueError(f"unknown noise schedule {schedule!r}; expected 'cosine' or 'linear'")
 
 
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
 def space_timesteps(num_train_steps: int, num_sampling_steps: int, spacing: str = "linspace") -> list[int]:
     """The training timesteps sampling visits, as diffusers spaces them: ``linspace`` spreads them over
     0..T-1, both ends included (MAR's respacing); ``leading`` takes every (T // N)-th from 0, so the
@@ -56,7 +59,7 @@ def space_timesteps(num_train_steps: int, num_sampling_steps: int, spacing: str 
     if spacing == "trailing":
         stride = num_train_steps / num_sampling_steps
         return sorted(round(num_train_steps - i * stride) - 1 for i in range(num_sampling_steps))
-    raise ValueError(f"timestep spacing must be 'linspace', 'leading' or 'trailing', got {spacing!r}")
+    raise ValueError(f"timestep spacing must be one of {', '.join(map(repr, TIMESTEP_SPACINGS))}, got {spacing!r}")
 
 
 def _normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -269,7 +272,7 @@ class GaussianDiffusion:
         the probability-flow ODE, so a learned variance is not needed and ``temperature`` scales the
         starting noise."""
         if solver not in SOLVERS:
-            raise ValueError(f"unknown diffusion sampler {solver!r}; expected 'ddpm', {', '.join(map(repr, SOLVERS))}")
+            raise ValueError(f"unknown diffusion sampler {solver!r}; expected one of {', '.join(map(repr, DIFFUSION_SAMPLERS))}")
         options = {"clip_sample": False} if solver == "ddim" else {}  # latents are not bounded to [-1, 1]
         if solver == "dpm++" and self.noise_schedule == "cosine":
             options["lambda_min_clipped"] = -5.1  # diffusers' setting for the cosine schedule's singular end
@@ -287,3 +290,4 @@ class GaussianDiffusion:
 
 
 SOLVERS = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}
+DIFFUSION_SAMPLERS = ("ddpm", *SOLVERS)  # ddpm: `GaussianDiffusion.sample`; the solvers: `GaussianDiffusion.solve`

@@ -39,6 +39,9 @@ def truncated_normal(
     return x.float().to(device)
 
 
+CFG_SCHEDULES = ("linear", "constant")
+
+
 def cosine_mask_schedule(num_tokens: int, num_steps: int) -> list[int]:
     """How many tokens stay masked after each step: ⌊N·cos(π/2·(k+1)/K)⌋, clamped so every step
     reveals at least one token and only the last step reveals the rest (MAR)."""
@@ -231,8 +234,8 @@ class FluidGenerator(nn.Module):
         ``timestep_spacing`` choose how the diffusion head samples each token (`DiffusionHead.sample`).
         ``on_step(tokens, still_masked)`` sees the tokens after every step (to watch a sample form).
         """
-        if cfg_schedule not in ("constant", "linear"):
-            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
+        if cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"cfg_schedule must be one of {', '.join(map(repr, CFG_SCHEDULES))}, got {cfg_schedule!r}")
         guided = cfg != 1.0 if guidance is None else guidance
         b = text.shape[0]
         ctx, ctx_mask = self.encode_text(text, text_mask)
