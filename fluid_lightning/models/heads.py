@@ -42,14 +42,13 @@ class TimestepEmbedder(nn.Module):
 
 
 class AdaLNResBlock(nn.Module):
-    """Residual MLP block whose LayerNorm shift/scale and residual gate come from the condition
-    (``c``: SiLU already applied, see `SimpleMLPAdaLN.forward`)."""
+    """Residual MLP block whose LayerNorm shift/scale and residual gate come from the condition."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.ada = nn.Linear(width, 3 * width)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale, gate = self.ada(c).chunk(3, dim=-1)
@@ -61,7 +60,7 @@ class AdaLNFinalLayer(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(width, out_dim)
-        self.ada = nn.Linear(width, 2 * width)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.ada(c).chunk(2, dim=-1)
@@ -85,7 +84,6 @@ class SimpleMLPAdaLN(nn.Module):
         self.blocks = nn.ModuleList(AdaLNResBlock(width) for _ in range(depth))
         self.final = AdaLNFinalLayer(width, out_dim)
         self.reset_parameters()
-        self.register_load_state_dict_pre_hook(_unwrap_ada)
 
     def reset_parameters(self) -> None:
         for m in self.modules():
@@ -98,9 +96,9 @@ class SimpleMLPAdaLN(nn.Module):
         # Zero adaLN and output: every block starts as the identity and the head predicts ε=0, v=0
         # (MAR/DiT), which keeps the early loss well-behaved.
         for block in self.blocks:
-            nn.init.zeros_(block.ada.weight)
-            nn.init.zeros_(block.ada.bias)
-        for lin in (self.final.ada, self.final.linear):
+            nn.init.zeros_(block.ada[-1].weight)
+            nn.init.zeros_(block.ada[-1].bias)
+        for lin in (self.final.ada[-1], self.final.linear):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
@@ -123,16 +121,9 @@ class SimpleMLPAdaLN(nn.Module):
         if rest:
             raise ValueError(f"{x.shape[0]} rows of x_t cannot share {cond_embedding.shape[0]} condition rows evenly")
         c = self.embed_time(t) + (cond_embedding.repeat(copies, 1) if copies > 1 else cond_embedding)
-        c = F.silu(c)  # every adaLN layer reads SiLU(c) (MAR/DiT): once here, not once per layer
         for block in self.blocks:
             h = block(h, c)
         return self.final(h, c)
-
-
-def _unwrap_ada(module: SimpleMLPAdaLN, state_dict: dict, prefix: str, *args) -> None:
-    """State dicts written while each adaLN layer applied its own SiLU name its linear ``ada.1``."""
-    for key in [k for k in state_dict if k.startswith(prefix) and ".ada.1." in k]:
-        state_dict[key.replace(".ada.1.", ".ada.")] = state_dict.pop(key)
 
 
 class DiffusionHead(nn.Module):

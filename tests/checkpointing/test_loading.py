@@ -2,8 +2,7 @@
 the same images; a file of the wrong kind, a sharded directory or a bare state dict is named in one line.
 
 tests/data_files/pre_house_generator.{ckpt,safetensors} were written by commit bd3ee64 (before the
-sampling settings, `token_kind`, `T5TextEncoder` and `mask_token` names, and while the diffusion head's
-adaLN linears were `ada.1`) with
+sampling settings, `token_kind`, `T5TextEncoder` and `mask_token` names) with
     python -m fluid_lightning fit --config tests/data_files/pre_house_generator.yaml
     python -m fluid_lightning checkpoint consolidate <its last.ckpt> pre_house_generator.safetensors
 and pre_house_samples.png is what that commit's FluidPipeline drew from them with
