@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_vs_mar import per_turn_quartiles
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = r"""
@@ -74,8 +76,7 @@ def main() -> None:
                 worker.wait()
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
-    ratios = [new / base for new, base in zip(times["new"], times["base"])]
-    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    q1, median, q3 = per_turn_quartiles(times["new"], times["base"])
     print(f"{ns.work}, {ns.depth} blocks, dropout {ns.dropout}, {ns.rounds} turns: base {statistics.median(times['base']):.3f} s, "
           f"new {statistics.median(times['new']):.3f} s; new / base per turn: median {median:.3f} (quartiles "
           f"{q1:.2f}-{q3:.2f}); fastest turns {min(times['new']) / min(times['base']):.3f}")

@@ -171,14 +171,17 @@ def take_turns(runners: list[Runner], work, rounds: int, warmup: int) -> dict[st
     return times
 
 
+def per_turn_quartiles(numerators: list[float], denominators: list[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile of the ratio within each turn (the two ran back to back on
+    the same draws), which the box's load moves far less than it moves either time alone."""
+    ratios = [n / d for n, d in zip(numerators, denominators)]
+    return tuple(statistics.quantiles(ratios, n=4, method="inclusive")) if len(ratios) > 1 else (ratios[0],) * 3
+
+
 def turn_quartiles(times: dict[str, list[float]]) -> str:
-    """First and third quartile of ours / MAR within each turn (the two ran back to back on the same draws),
-    which the box's load moves far less than it moves either time alone."""
-    ratios = [o / m for o, m in zip(times["ours"], times["MAR"])]
-    if len(ratios) < 2:
-        return f"{ratios[0]:.2f}"
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
-    return f"{q1:.2f}-{q3:.2f}"
+    """The table's "per turn, quartiles" cell for ours / MAR."""
+    q1, _, q3 = per_turn_quartiles(times["ours"], times["MAR"])
+    return f"{q1:.2f}" if q1 == q3 else f"{q1:.2f}-{q3:.2f}"
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 10) -> float:

@@ -213,7 +213,7 @@ class FluidGenerator(nn.Module):
         text_mask: Tensor,
         num_steps: int = 64,
         cfg: float = 1.0,
-        cfg_schedule: Literal["constant", "linear"] = "linear",
+        cfg_schedule: Literal[CFG_SCHEDULES] = "linear",
         temperature: float = 1.0,
         top_k: int | None = None,
         use_kv_cache: bool = True,
