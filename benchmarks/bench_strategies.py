@@ -54,7 +54,8 @@ def _local_bytes(tensors) -> int:
 
 
 class StepStats(L.Callback):
-    """Writes <BENCH_OUT>/rank<r>.json at the end of fit."""
+    """Writes <BENCH_OUT>/rank<r>.json at the end of training (before Lightning moves a single-device
+    model back to the CPU, so the GPU figures are still there)."""
 
     def __init__(self):
         self.times, self.rss = [], []
@@ -86,7 +87,7 @@ class StepStats(L.Callback):
         self.rss.append(_rss_mb())
         self._start = time.perf_counter()
 
-    def on_fit_end(self, trainer, module):
+    def on_train_end(self, trainer, module):
         out = Path(os.environ["BENCH_OUT"]) / f"rank{trainer.global_rank}.json"
         step = statistics.median(self.times[2:])
         result = {"median_step_s": step, "train_rss_mb": max(self.rss),
@@ -135,7 +136,7 @@ def run(name: str, ns: argparse.Namespace) -> list[dict]:
                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
                "--trainer.callbacks=bench_strategies.StepStats", f"--data.init_args.image_size={ns.image_size}",
                f"--data.init_args.batch_size={ns.batch}", f"--data.init_args.num_workers={ns.workers}",
-               "--trainer.default_root_dir", tmp]
+               "--trainer.default_root_dir", tmp, f"--model.init_args.compile={str(ns.compile).lower()}"]
         env = {**os.environ, "BENCH_OUT": tmp, "HF_HUB_OFFLINE": "1",
                "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
         if ns.accelerator == "cpu":
@@ -162,6 +163,8 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--workers", type=int, help="data loader workers per process (default: 0 on CPU, 4 on GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block "
+                        "(model.init_args.compile); the first 2 steps, which compile, are not timed")
     parser.add_argument("--stand-in-text", action="store_true",
                         help="replace the configured T5 by a random one-layer T5 of the same width (no download)")
     ns = parser.parse_args()
@@ -170,7 +173,7 @@ def main() -> None:
     threads = "1 thread per process" if ns.accelerator == "cpu" else torch.cuda.get_device_name(0)
     print(f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}, "
           f"{threads}; model {ns.model or f'tiny_fluid {ns.width} x {ns.depth}'}, {ns.image_size}² images, "
-          f"batch {ns.batch}/process, {ns.precision}")
+          f"batch {ns.batch}/process, {ns.precision}{', compiled blocks' if ns.compile else ''}")
     results = {}
     for name in ns.strategies:  # one failure keeps the others' numbers; each is printed as it arrives
         try:

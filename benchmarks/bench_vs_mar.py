@@ -10,9 +10,10 @@ steps (forward, backward, AdamW step) and sampling (16 AR steps, 25 diffusion st
 Rows: the same number of blocks (MAR: 4 encoder + 4 decoder; here 8 blocks with text cross-attention),
 and a FLOPs-matched depth here; dropout 0 and 0.1 (MAR's attention and projection dropout, ours in
 attention and MLP); the project in bf16 autocast against MAR in fp32. FLOPs are counted with
-torch.utils.flop_counter on one training step of each. MAR runs unchanged on the CPU: a harness
-turns its `.cuda()` calls into no-ops and stubs the torchvision modules timm imports. Without
---mar (or without timm) the script says what to install and exits without running.
+torch.utils.flop_counter on one training step of each. MAR runs unchanged: on the CPU a harness turns
+its `.cuda()` calls into no-ops, and where torchvision is missing it stubs the modules timm imports
+(`--device cuda` runs both on the GPU). Without --mar (or without timm) the script says what to
+install and exits without running.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ class _Anything(types.ModuleType):
 
 
 def import_mar(path: Path):
-    """MAR's `models.mar` module, imported from a local clone without touching its files."""
-    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
-                 "torchvision.ops.misc", "torchvision.datasets", "torchvision.utils"):
+    """MAR's `models.mar` module, imported from a local clone without touching its files (torchvision,
+    which timm imports, is stubbed only where it is not installed)."""
+    stubs = () if importlib.util.find_spec("torchvision") is not None else (
+        "torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
+        "torchvision.ops.misc", "torchvision.datasets", "torchvision.utils")
+    for name in stubs:
         sys.modules.setdefault(name, _Anything(name))
     sys.path.insert(0, str(path))
     import models.mar as mar  # noqa: PLC0415 - from the clone given on the command line
@@ -184,8 +188,15 @@ def turn_quartiles(times: dict[str, list[float]]) -> str:
     return f"{q1:.2f}" if q1 == q3 else f"{q1:.2f}-{q3:.2f}"
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 10) -> float:
-    """FLOP/s of an n x n matmul in ``dtype``: the peak the training FLOP/s are compared with."""
+def peak_size(device: torch.device) -> int:
+    """The square matmul size whose FLOP/s stand for the peak: 1024 keeps a CPU reading short; a GPU
+    needs 8192 to run well past its launch overhead."""
+    return 8192 if device.type == "cuda" else 1024
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 10) -> float:
+    """FLOP/s of a square matmul in ``dtype``: the peak the training FLOP/s are compared with."""
+    n = peak_size(device)
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     a @ b
     sync(device)
@@ -230,7 +241,7 @@ def main() -> None:
           f"text {TEXT_LEN} x {TEXT_DIM} (ours), 16 AR steps, 25 diffusion steps; medians of {ns.rounds} turns")
     peaks = {dtype: matmul_peak(dtype, device) for dtype in (torch.float32, torch.bfloat16)}
     bf16 = peaks[torch.bfloat16] > peaks[torch.float32]  # the CPU default precision, by measurement
-    print(f"# 1024² matmul peak: fp32 {peaks[torch.float32] / 1e9:.1f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.1f} "
+    print(f"# {peak_size(device)}² matmul peak: fp32 {peaks[torch.float32] / 1e9:.1f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.1f} "
           f"GFLOP/s: ours runs {'bf16 autocast' if bf16 else 'fp32 (bf16 is slower here)'} in its default rows; "
           "the FLOP/s columns divide by the peaks measured again just before the row")
     print("| row | MAR s | ours s | ours / MAR | per turn, quartiles | FLOPs ours / MAR | MAR FLOP/s / fp32 peak | "

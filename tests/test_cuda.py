@@ -43,11 +43,17 @@ def test_a_cpu_generator_drives_cuda_sampling_like_on_the_cpu(text):
 
 
 class Record(L.Callback):
+    """Metrics after every step, and samples at the end of training, where the image callbacks take
+    theirs (after fit, Lightning has moved the model back to the CPU)."""
+
     def __init__(self):
-        self.metrics = []
+        self.metrics, self.images = [], None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    def on_train_end(self, trainer, module):
+        self.images = module.log_images({"caption": ["a photo of a red circle"]}, SamplingSettings(steps=2))["samples"]
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
@@ -62,8 +68,7 @@ def test_bf16_training_on_cuda_keeps_a_float32_ema_samples_and_reports_mfu(preci
     assert all(torch.isfinite(torch.tensor(losses)))
     assert {p.dtype for p in module.ema.parameters()} == {torch.float32}
     assert 0 < record.metrics[-1]["throughput/mfu"] < 1  # the GPU's peak was found
-    images = module.log_images({"caption": ["a photo of a red circle"]}, SamplingSettings(steps=2))["samples"]
-    assert images.device.type == "cuda" and torch.isfinite(images).all()
+    assert record.images.device.type == "cuda" and torch.isfinite(record.images).all()
 
 
 def test_fsdp2_over_nccl_with_compiled_checkpointed_blocks_fits_and_resumes(tmp_path):

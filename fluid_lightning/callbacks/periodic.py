@@ -27,7 +27,9 @@ class PeriodicCallback(L.Callback):
     """Calls ``run(trainer, pl_module)`` every ``every_n_steps`` optimizer steps (0 = never during
     training) and, if ``on_fit_end``, once more at the end of fit unless that step was just done.
     ``global_step`` counts optimizer steps, so with gradient accumulation the batch hook sees a step
-    several times: it runs once."""
+    several times: it runs once. The final run is Lightning's ``on_train_end``, not ``on_fit_end``:
+    by ``on_fit_end`` a single-device strategy has moved the model back to the CPU, and a GPU run's
+    last grid, FID and shapes scores would be sampled there."""
 
     def __init__(self, every_n_steps: int, on_fit_end: bool):
         self.every_n_steps, self.at_fit_end = every_n_steps, on_fit_end
@@ -59,7 +61,7 @@ class PeriodicCallback(L.Callback):
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
             self._run_once(trainer, pl_module)
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_fit_end and trainer.global_step != self._last_step:
             self._run_once(trainer, pl_module)
 

@@ -77,8 +77,8 @@ class ShapesEvalCallback(ImageCallback):
         self.last_summary = summary
         return summary
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_fit_end(trainer, pl_module)  # the final evaluation, unless this step was just scored
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)  # the final evaluation, unless this step was just scored
         if self.hp_metric and self.last_summary is not None and trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_hyperparams(pl_module.hparams, {"hp_metric": self.last_summary["overall"]},

@@ -14,6 +14,7 @@ from tiny import CONF, kl_tokenizer
 
 from fluid_lightning.callbacks.fid import FIDCallback
 from fluid_lightning.callbacks.image_grid import ImageGrid
+from fluid_lightning.callbacks.periodic import PeriodicCallback
 from fluid_lightning.callbacks.shapes_eval import ShapesEvalCallback
 from fluid_lightning.callbacks.throughput import Throughput, peak_flops
 from fluid_lightning.cli import lightning_cli
@@ -80,6 +81,25 @@ def test_callbacks_write_images_text_and_scalars_to_tensorboard(tmp_path):
     assert len((tmp_path / "shapes.jsonl").read_text().splitlines()) == 12
     fid = events.Scalars("val/fid")
     assert [e.step for e in fid] == [2, 3] and all(e.value > 0 for e in fid)
+
+
+def test_the_end_of_fit_run_comes_before_lightning_moves_the_model_to_the_cpu(tmp_path, monkeypatch):
+    """A GPU run's last grid, FID and shapes scores are sampled on the GPU: a single-device strategy's
+    teardown, which comes before ``on_fit_end``, moves the model to the CPU."""
+    order = []
+
+    class Final(PeriodicCallback):
+        def run(self, trainer, pl_module):
+            order.append("final run")
+
+    model, data = _model_and_data()
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                        callbacks=[Final(every_n_steps=0, on_fit_end=True)])
+    teardown = trainer.strategy.teardown
+    monkeypatch.setattr(trainer.strategy, "teardown", lambda: (order.append("model to the cpu"), teardown()))
+    trainer.fit(model, data)
+    assert order == ["final run", "model to the cpu"]
 
 
 @pytest.mark.parametrize("name,precision,expected", [
