@@ -57,13 +57,20 @@ class StepStats(L.Callback):
     """Writes <BENCH_OUT>/rank<r>.json at the end of training (before Lightning moves a single-device
     model back to the CPU, so the GPU figures are still there)."""
 
+    PROFILED = range(5, 8)  # steps under torch.profiler with --profile: after compile and warm-up
+
     def __init__(self):
         self.times, self.rss = [], []
+        self.profile, self.profiler = os.environ.get("BENCH_PROFILE") == "1", None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if module.device.type == "cuda":
             torch.cuda.synchronize(module.device)  # time finished work, not queued work
         self.times.append(time.perf_counter() - self._start)
+        if self.profiler is not None and batch_idx == self.PROFILED[-1]:
+            self.profiler.__exit__(None, None, None)
+            self._write_profile(trainer, module)
+            self.profiler = None
         self.rss.append(_rss_mb())
         if batch_idx == 0:  # grads and optimiser state exist now
             opt = trainer.optimizers[0]
@@ -85,11 +92,31 @@ class StepStats(L.Callback):
         if module.device.type == "cuda":
             torch.cuda.synchronize(module.device)
         self.rss.append(_rss_mb())
+        if self.profile and batch_idx == self.PROFILED[0]:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if module.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+            self._profile_start = time.perf_counter()
         self._start = time.perf_counter()
+
+    def _write_profile(self, trainer, module) -> None:
+        """The ops and kernels that took the most time over the profiled steps, and how busy the GPU was."""
+        wall_us = (time.perf_counter() - self._profile_start) * 1e6
+        events = self.profiler.key_averages()
+        key = "self_device_time_total" if module.device.type == "cuda" else "self_cpu_time_total"
+        lines = [f"rank {trainer.global_rank}, steps {self.PROFILED.start}-{self.PROFILED[-1]}, "
+                 f"{wall_us / len(self.PROFILED) / 1e3:.1f} ms per step"]
+        if module.device.type == "cuda":
+            busy_us = sum(e.self_device_time_total for e in events)
+            lines.append(f"GPU busy {busy_us / wall_us:.0%} of the wall time (kernels and copies, summed)")
+        lines.append(events.table(sort_by=key, row_limit=30, max_name_column_width=70))
+        (Path(os.environ["BENCH_OUT"]) / f"profile_rank{trainer.global_rank}.txt").write_text("\n".join(lines))
 
     def on_train_end(self, trainer, module):
         out = Path(os.environ["BENCH_OUT"]) / f"rank{trainer.global_rank}.json"
-        step = statistics.median(self.times[2:])
+        step = statistics.median(t for i, t in enumerate(self.times) if i >= 2 and not (self.profile and i in self.PROFILED))
         result = {"median_step_s": step, "train_rss_mb": max(self.rss),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "state_mb": self.state_mb}
         if module.device.type == "cuda":
@@ -141,11 +168,15 @@ def run(name: str, ns: argparse.Namespace) -> list[dict]:
                "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
         if ns.accelerator == "cpu":
             env["OMP_NUM_THREADS"] = "1"
+        if ns.profile:
+            env["BENCH_PROFILE"] = "1"
         if ns.accelerator != "cpu":
             env.setdefault("NCCL_DEBUG", "WARN")  # a failing collective then says why
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        for profile in sorted(Path(tmp).glob("profile_rank*.txt"))[:1]:
+            print(f"{name}, profile:\n{profile.read_text()}", flush=True)
         return [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("rank*.json"))]
 
 
@@ -165,6 +196,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="data loader workers per process (default: 0 on CPU, 4 on GPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block "
                         "(model.init_args.compile); the first 2 steps, which compile, are not timed")
+    parser.add_argument("--profile", action="store_true", help=f"print rank 0's top ops and kernels over steps "
+                        f"{StepStats.PROFILED.start}-{StepStats.PROFILED[-1]} (torch.profiler; those steps run slower)")
     parser.add_argument("--stand-in-text", action="store_true",
                         help="replace the configured T5 by a random one-layer T5 of the same width (no download)")
     ns = parser.parse_args()

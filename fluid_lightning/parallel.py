@@ -5,8 +5,10 @@
 1. activation checkpointing per transformer block (image blocks and text-aligner blocks): the
    block's activations are recomputed in backward instead of stored, trading ~30% compute for
    memory that grows with depth × tokens;
-2. ``torch.compile`` per block (compiling blocks, not the whole generator, keeps graphs small and
-   shared by identical blocks, and leaves the masking/sampling Python of the generator eager);
+2. ``torch.compile`` per block, the diffusion head's residual blocks included (compiling blocks, not
+   the whole generator, keeps graphs small and shared by identical blocks, and leaves the
+   masking/sampling Python of the generator eager; the head's blocks run on batch_mul x the masked
+   tokens, where the fused LayerNorm/adaLN/gate elementwise work is the larger part);
 3. FSDP2 ``fully_shard`` per block, then on the generator root (embeddings, aligner projection,
    norm and head form the root's group). Sharding each block separately lets FSDP all-gather one
    block at a time, so peak memory holds about one unsharded block plus the shards.
@@ -36,6 +38,11 @@ def transformer_blocks(generator: FluidGenerator) -> list[nn.Module]:
     return [*generator.blocks, *getattr(generator.text, "blocks", [])]
 
 
+def head_blocks(generator: FluidGenerator) -> list[nn.Module]:
+    """The diffusion head's residual blocks (none for a discrete head)."""
+    return list(getattr(getattr(generator.head, "net", None), "blocks", []))
+
+
 def parallelize(
     generator: FluidGenerator,
     mesh: DeviceMesh | None = None,
@@ -56,7 +63,7 @@ def parallelize(
         for block in blocks:
             checkpoint(block)
     if compile:
-        for block in blocks:
+        for block in [*blocks, *head_blocks(generator)]:
             block.compile()
     if mesh is not None:
         from torch.distributed.fsdp import fully_shard

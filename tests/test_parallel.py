@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tiny import TINY_T5, kl_tokenizer, tiny_generator, vq_tokenizer
 
 from fluid_lightning.models import T5TextEncoder
-from fluid_lightning.parallel import gathered, is_sharded, parallelize
+from fluid_lightning.parallel import gathered, head_blocks, is_sharded, parallelize
 from fluid_lightning.sampling import SamplingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +166,8 @@ def test_compiled_blocks_give_the_eager_loss():
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-5)
     losses[0].backward()
     assert all(p.grad is not None for p in compiled.blocks.parameters())
+    assert all(p.grad is not None for p in compiled.head.net.blocks.parameters())
+    assert all(b._compiled_call_impl is not None for b in [*compiled.blocks, *head_blocks(compiled)])
 
 
 # ---- two processes --------------------------------------------------------------------------------
