@@ -7,7 +7,7 @@
 #   2. the 369M config, one process vs FSDP2, bf16-mixed, batch 64 at 256²: step time, peak GPU memory, MFU;
 #   3. this project beside MAR on the GPU (benchmarks/bench_vs_mar.py --device cuda), when .mar/ holds a
 #      clone of github.com/LTH14/mar;
-#   4. the 369M config again with compiled blocks.
+#   4. the 369M config again with compiled blocks (model.init_args.compile: transformer and head blocks).
 #   here, once:   bash benchmarks/gpu_wheels.sh                      # packages the device image lacks -> .whl/
 #                 git clone https://github.com/LTH14/mar .mar         # optional, git-ignored, never committed
 #   device tool:  run(command="bash benchmarks/gpu_checks.sh", carry=[".whl", ".mar"], timeout_s=570)
@@ -45,6 +45,6 @@ bench_369m=(python3 benchmarks/bench_strategies.py --accelerator gpu --devices 1
   else
     echo "== this project vs MAR on CUDA: skipped, no clone of github.com/LTH14/mar in .mar/"
   fi
-  section "369M, single, bf16-mixed, compiled blocks" 150 "${bench_369m[@]}" --strategies single --compile
+  section "369M, single, bf16-mixed, compiled blocks and head" 150 "${bench_369m[@]}" --strategies single --compile
   echo "== done at ${SECONDS}s"
 } 2>&1 | tee "$OUT/gpu_checks.log"

@@ -19,6 +19,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
+def pin_memory_or_default(pin_memory: bool | None) -> bool:
+    """``None``: pin when CUDA is available. A pinned batch copies to the GPU without holding up the
+    Python thread that queues the step's kernels (a pageable one blocks it for the whole copy)."""
+    return torch.cuda.is_available() if pin_memory is None else pin_memory
+
+
 def resolve_rank(trainer, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """(rank, world size): given explicitly, else the trainer's, torch.distributed's or the environment's."""
     if rank is not None and world_size is not None:

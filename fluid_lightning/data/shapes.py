@@ -20,7 +20,7 @@ from lightning import LightningDataModule
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
-from .resumable import ResumableDataLoader, ResumableSampler, resolve_rank
+from .resumable import ResumableDataLoader, ResumableSampler, pin_memory_or_default, resolve_rank
 from .vocabulary import (
     COLORS,
     NUMBER_WORDS,
@@ -345,12 +345,12 @@ class ShapesDataModule(LightningDataModule):
 
     Train, val and test draw from the training split (held-out prompts never appear) from
     separate index streams (test has ``num_val`` scenes); use `evaluation_suite()` for the
-    held-out prompts.
+    held-out prompts. ``pin_memory=None`` pins only when CUDA is available.
     """
 
     def __init__(self, image_size: int = 64, num_train: int = 10_000, num_val: int = 256,
                  batch_size: int = 32, num_workers: int = 0, seed: int = 0, bg_jitter: int = 0,
-                 tags: tuple[str, ...] = TAGS, pin_memory: bool = False):
+                 tags: tuple[str, ...] = TAGS, pin_memory: bool | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.image_size, self.num_train, self.num_val = image_size, num_train, num_val
@@ -373,7 +373,8 @@ class ShapesDataModule(LightningDataModule):
         sampler = ResumableSampler(dataset, rank, world_size, shuffle=shuffle, seed=self.seed)
         return ResumableDataLoader(dataset, sampler=sampler, generator=torch.Generator().manual_seed(self.seed),
                                    batch_size=self.batch_size,
-                                   num_workers=self.num_workers, collate_fn=collate_images, pin_memory=self.pin_memory,
+                                   num_workers=self.num_workers, collate_fn=collate_images,
+                                   pin_memory=pin_memory_or_default(self.pin_memory),
                                    persistent_workers=self.num_workers > 0,
                                    drop_last=shuffle and len(dataset) >= self.batch_size * world_size)
 

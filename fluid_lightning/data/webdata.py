@@ -30,12 +30,11 @@ import random
 import warnings
 from collections.abc import Callable, Iterator
 
-import torch
 from lightning import Callback, LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fluid_lightning.data.pixels import collate_pixels
-from fluid_lightning.data.resumable import CountingDataLoader, resolve_rank
+from fluid_lightning.data.resumable import CountingDataLoader, pin_memory_or_default, resolve_rank
 from fluid_lightning.data.samples import (
     COUNTERS,
     ImageDecoder,
@@ -258,7 +257,7 @@ class WebDataModule(LightningDataModule):
         workers = self.num_workers
         return EpochDataLoader(
             stream, batch_size=None, num_workers=workers, collate_fn=as_is,
-            pin_memory=torch.cuda.is_available() if self.pin_memory is None else self.pin_memory,
+            pin_memory=pin_memory_or_default(self.pin_memory),
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None)
 

@@ -169,6 +169,14 @@ def test_datamodule_batch_contract():
     assert torch.allclose(item["image"], expected)
 
 
+def test_loaders_pin_batches_by_default_only_where_cuda_is(monkeypatch):
+    """A pinned batch copies to the GPU without blocking the Python thread that queues the kernels."""
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert ShapesDataModule(num_train=8, num_val=8).train_dataloader().pin_memory is cuda
+        assert ShapesDataModule(num_train=8, num_val=8, pin_memory=False).val_dataloader().pin_memory is False
+
+
 def test_the_suite_can_repeat_each_tags_prompts_to_a_minimum():
     base = evaluation_suite()
     large = evaluation_suite(min_per_tag=32)
