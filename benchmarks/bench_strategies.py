@@ -14,7 +14,8 @@ over the device's peak for the precision (Lightning's table). A callback in this
 dropped), the largest resident set size seen at step boundaries during training (memory that
 sharding can save: parameters, gradients, optimiser state, EMA), the process peak (``ru_maxrss``,
 which includes building the full model before it is sharded), and the bytes of parameters + grads +
-AdamW state + EMA this rank holds. ``--compile`` compiles the transformer and head blocks;
+AdamW state + EMA this rank holds, and (eager runs) the FLOPs of step 1 counted by
+torch.utils.flop_counter beside the 6 × params × tokens estimate. ``--compile`` compiles the transformer and head blocks;
 ``--profile`` prints rank 0's top ops and kernels over three steps (not counted in the median).
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
 from fluid_lightning.callbacks.throughput import peak_flops
 
@@ -59,15 +61,20 @@ class StepStats(L.Callback):
     model back to the CPU, so the GPU figures are still there)."""
 
     PROFILED = range(5, 8)  # steps under torch.profiler with --profile: after compile and warm-up
+    COUNTED = 1  # the step whose FLOPs torch.utils.flop_counter counts (eager runs; not a timed step)
 
     def __init__(self):
         self.times, self.rss = [], []
         self.profile, self.profiler = os.environ.get("BENCH_PROFILE") == "1", None
+        self.counter, self.counted_flops = None, None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if module.device.type == "cuda":
             torch.cuda.synchronize(module.device)  # time finished work, not queued work
         self.times.append(time.perf_counter() - self._start)
+        if self.counter is not None:
+            self.counter.__exit__(None, None, None)
+            self.counted_flops, self.counter = self.counter.get_total_flops(), None
         if self.profiler is not None and batch_idx == self.PROFILED[-1]:
             self.profiler.__exit__(None, None, None)
             self._write_profile(trainer, module)
@@ -100,6 +107,9 @@ class StepStats(L.Callback):
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.__enter__()
             self._profile_start = time.perf_counter()
+        if batch_idx == self.COUNTED and not module.hparams.get("compile"):
+            self.counter = FlopCounterMode(display=False)
+            self.counter.__enter__()
         self._start = time.perf_counter()
 
     def _write_profile(self, trainer, module) -> None:
@@ -117,11 +127,15 @@ class StepStats(L.Callback):
         out = Path(os.environ["BENCH_OUT"]) / f"rank{trainer.global_rank}.json"
         step = statistics.median(t for i, t in enumerate(self.times) if i >= 2 and not (self.profile and i in self.PROFILED))
         result = {"median_step_s": step, "train_rss_mb": max(self.rss),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "state_mb": self.state_mb}
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "state_mb": self.state_mb,
+                  "estimated_flops_per_image": self.flops_per_image}
+        if self.counted_flops is not None:  # the frozen text encoder's forward included
+            result["counted_flops_per_image"] = self.counted_flops / self.batch
         if module.device.type == "cuda":
             result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(module.device) / 2**20
-            flops_per_sec = self.flops_per_image * self.batch * trainer.world_size / step
-            result["mfu"] = flops_per_sec / (self.peak_flops * trainer.world_size) if self.peak_flops else None
+            for key, flops in (("mfu", self.flops_per_image), ("mfu_counted", result.get("counted_flops_per_image"))):
+                if flops and self.peak_flops:
+                    result[key] = flops * self.batch / step / self.peak_flops
         out.write_text(json.dumps(result))
 
 
@@ -232,6 +246,12 @@ def main() -> None:
             mfu = ranks[0]["mfu"]
             row += f" {max(r['gpu_peak_mb'] for r in ranks):.0f} | {f'{mfu:.1%}' if mfu else 'unknown peak'} |"
         print(row)
+    for name, ranks in results.items():
+        if "counted_flops_per_image" in ranks[0]:
+            counted, estimate = ranks[0]["counted_flops_per_image"], ranks[0]["estimated_flops_per_image"]
+            mfu = f", MFU by counted FLOPs {ranks[0]['mfu_counted']:.1%}" if "mfu_counted" in ranks[0] else ""
+            print(f"{name}: training FLOPs per image counted on step {StepStats.COUNTED} {counted:.3g}, "
+                  f"6 x trainable parameters x tokens {estimate:.3g} (counted / estimate {counted / estimate:.2f}){mfu}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
