@@ -15,8 +15,9 @@ dropped), the largest resident set size seen at step boundaries during training 
 sharding can save: parameters, gradients, optimiser state, EMA), the process peak (``ru_maxrss``,
 which includes building the full model before it is sharded), and the bytes of parameters + grads +
 AdamW state + EMA this rank holds, and (eager runs) the FLOPs of step 1 counted by
-torch.utils.flop_counter beside the 6 × params × tokens estimate. ``--compile`` compiles the transformer and head blocks;
-``--profile`` prints rank 0's top ops and kernels over three steps (not counted in the median).
+torch.utils.flop_counter beside the 6 × params × tokens estimate. ``--compile`` compiles the
+transformer and head blocks; ``--profile`` prints rank 0's top ops and kernels over three steps (not
+counted in the median).
 """
 
 from __future__ import annotations
