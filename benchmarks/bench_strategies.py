@@ -39,7 +39,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from fluid_lightning.callbacks.throughput import peak_flops
+from fluid_lightning.callbacks.throughput import estimated_flops_per_image, peak_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +91,7 @@ class StepStats(L.Callback):
 
     def on_train_start(self, trainer, module):
         self.batch = trainer.datamodule.batch_size
-        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)  # a DTensor counts its global size
-        self.flops_per_image = 6.0 * trainable * module.generator.num_tokens
+        self.flops_per_image = estimated_flops_per_image(module, module.generator.num_tokens)  # DTensors: global sizes
         if module.device.type == "cuda":
             self.peak_flops = peak_flops(module.device, trainer.precision)
             torch.cuda.reset_peak_memory_stats(module.device)

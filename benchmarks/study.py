@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
@@ -73,9 +74,8 @@ MATCHED = ["fluid", "raster_continuous", "maskgit", "raster_discrete"]
 SCALING = ["size_xs", "size_s", "fluid", "size_l"]  # fluid is the quickstart's own size
 NAMES = {"fluid": "Fluid", "raster_continuous": "GPT-style continuous", "maskgit": "MaskGIT-style",
          "raster_discrete": "LlamaGen-style"}
-GRID_PROMPTS = ["a photo of a red circle", "a photo of a blue square", "a photo of a yellow triangle",
-                "a photo of two circles", "a photo of three squares",
-                "a photo of a green circle above a purple square"]  # the quickstart's ImageGrid prompts
+GRID_PROMPTS = next(c["init_args"]["prompts"] for c in yaml.safe_load(QUICKSTART.read_text())["trainer"]["callbacks"]
+                    if c["class_path"].endswith(".ImageGrid"))  # the quickstart's grid, read from its config
 # --quick: batches of 4, 4 validation scenes during fit, no sanity check, fewer sampling steps, one record per tag.
 QUICK_OVERRIDES = ["--data.init_args.batch_size=4", "--data.init_args.num_val=4", "--trainer.limit_val_batches=1",
                    "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",

@@ -4,8 +4,11 @@ FLOPs per image are *estimated* as 6 × trainable parameters × image tokens (Ka
 al.'s 2 forward + 4 backward multiply-adds per parameter per token). That counts the
 transformer's dense layers and the diffusion head once per token; it leaves out attention
 scores (small at 256 tokens) and the head's ``diffusion_batch_mul`` repeats on masked
-tokens, so MFU reads a little low for Fluid. Give ``flops_per_image`` to override (e.g.
-a number measured once with ``torch.utils.flop_counter.FlopCounterMode``).
+tokens, and counts the text aligner at the image's token count. Counted by
+``torch.utils.flop_counter`` over this estimate (``benchmarks/bench_strategies.py`` prints
+both): 1.01 for the 369M config, whose 128-token aligner offsets the head's repeats; 1.3 for
+tiny_fluid at 128 wide × 2 blocks, where the head is a larger share and MFU reads that much
+low. Give ``flops_per_image`` to override.
 """
 
 from __future__ import annotations
