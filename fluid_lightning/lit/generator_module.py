@@ -54,9 +54,11 @@ class GeneratorModule(ModuleBase):
 
         Scaling switches (applied in ``configure_model`` by ``fluid_lightning.parallel.parallelize``):
         ``activation_checkpointing`` recomputes each block in backward; ``compile`` compiles each
-        transformer block and each residual block of the diffusion head; under ``ModelParallelStrategy`` the generator and its EMA are sharded with FSDP2 and
-        ``shard_text_encoder`` / ``shard_tokenizer`` also shard the frozen T5 / VAE. ``optimizer="adamw8bit"`` uses bitsandbytes'
-        ``AdamW8bit`` (single process or DDP only: it cannot step FSDP2's DTensor parameters).
+        transformer block and each residual block of the diffusion head; under
+        ``ModelParallelStrategy`` the generator and its EMA are sharded with FSDP2 and
+        ``shard_text_encoder`` / ``shard_tokenizer`` also shard the frozen T5 / VAE.
+        ``optimizer="adamw8bit"`` uses bitsandbytes' ``AdamW8bit`` (single process or DDP only: it
+        cannot step FSDP2's DTensor parameters).
 
         ``cache_tokens``: keep the frozen tokenizer's tokens of every training image in memory by the
         batch's ``key`` and reuse them when the key comes again, so each image is encoded once per
