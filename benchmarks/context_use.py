@@ -11,8 +11,10 @@ in the first case; one that does not draws about the object share of the image i
 
 Caption use: with nothing revealed, the transformer's output for every token under each of the 30
 colours-tag captions ("a photo of a red circle", "a photo of an orange square", ...); its standard
-deviation across the prompts (per token and channel, averaged) divided by its overall standard deviation. A model that ignores its caption gives 0; every token's
-condition then says "some object, somewhere, of any colour".
+deviation across the prompts (per token and channel, averaged) divided by its overall standard deviation
+(`evaluation.caption_use.condition_spread`, which every fit logs as caption/spread on its validation
+captions). A model that ignores its caption gives 0; every token's condition then says "some object,
+somewhere, of any colour".
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fluid_lightning.checkpointing import load
 from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.data.shapes import SHAPES, SceneSpec, ShapesDataset, caption_for
 from fluid_lightning.data.vocabulary import COLORS
+from fluid_lightning.evaluation.caption_use import condition_spread
 from fluid_lightning.lit.generator_module import GeneratorModule
 
 
@@ -61,15 +64,9 @@ def object_rate(module: GeneratorModule, scenes: int, draws: int) -> dict[str, f
 
 @torch.no_grad()
 def caption_spread(module: GeneratorModule) -> float:
-    generator = module.sampling_generator
     prompts = [caption_for(SceneSpec("colors", ((shape, color),), named_colors=True))
                for color in COLORS for shape in SHAPES]
-    text, text_mask = module.text_encoder(prompts)
-    ctx, ctx_mask = generator.encode_text(text, text_mask)
-    masked = torch.ones(len(prompts), generator.num_tokens, dtype=torch.bool)
-    nothing = torch.zeros(len(prompts), generator.num_tokens, generator.token_dim)
-    z = generator.conditions(nothing, masked, ctx, ctx_mask)
-    return float(z.std(dim=0).mean() / z.std())
+    return condition_spread(module.sampling_generator, *module.text_encoder(prompts))
 
 
 def main() -> None:

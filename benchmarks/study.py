@@ -105,10 +105,11 @@ def train(name: str, run_dir: Path, overrides: list[str]) -> dict:
 
 
 @torch.no_grad()
-def ema_val_loss(module: GeneratorModule, num: int, batch_size: int, seed: int = 0) -> float:
+def ema_val_loss(module: GeneratorModule, num: int, batch_size: int, seed: int = 0, tags: tuple[str, ...] = TAGS) -> float:
     """Mean training loss of the EMA weights on the first ``num`` validation scenes (the runs' own validation
-    stream), with one seeded stream for masks, orders and timesteps, so every checkpoint sees the same draw."""
-    data = ShapesDataset(num, image_size=module.tokenizer.image_size, stream="val")
+    stream, of ``tags``), with one seeded stream for masks, orders and timesteps, so every checkpoint sees the
+    same draw."""
+    data = ShapesDataset(num, image_size=module.tokenizer.image_size, stream="val", tags=tags)
     rng = torch.Generator().manual_seed(seed)
     total = 0.0
     for start in range(0, num, batch_size):

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from .callbacks.caption_use import CaptionUse
 from .callbacks.progress import LineProgress
 from .callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint
 from .checkpointing import UnsafeCheckpointError, find_last_checkpoint, safe_load, upgrade_hparams
@@ -44,6 +45,7 @@ DEFAULT_CALLBACKS = {
     "lr_monitor": (LearningRateMonitor, {"logging_interval": "step"}),
     "nonfinite_guard": (NonFiniteLossGuard, {}),
     "preemption": (PreemptionCheckpoint, {}),
+    "caption_use": (CaptionUse, {}),
 }
 
 

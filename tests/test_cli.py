@@ -71,6 +71,9 @@ def test_validate_and_test_report_their_loss(command, metric, tmp_path):
          "--trainer.limit_test_batches=1", "--data.init_args.batch_size=2", "--trainer.default_root_dir", str(tmp_path)]
     )
     assert torch.isfinite(cli.trainer.callback_metrics[metric])
+    # every generator run measures how much it reads its caption (the default caption_use callback)
+    assert ("caption/shuffle_gap" in cli.trainer.callback_metrics) == (command == "validate")
+    assert "caption/spread" in cli.trainer.callback_metrics or command == "test"
 
 
 def test_top_level_help_lists_every_command_with_what_it_does(capsys):

@@ -8,7 +8,13 @@ import pytest
 import torch
 from tiny import CONF
 
-from fluid_lightning.callbacks import ImageGrid, NonFiniteLossGuard, PreemptionCheckpoint, Throughput
+from fluid_lightning.callbacks import (
+    ImageGrid,
+    NonFiniteLossGuard,
+    PreemptionCheckpoint,
+    ShapesEvalCallback,
+    Throughput,
+)
 from fluid_lightning.cli import lightning_cli
 from fluid_lightning.config import load_generator_config
 from fluid_lightning.models.summary import generator_param_counts
@@ -35,6 +41,8 @@ def composition(path: Path) -> tuple[list[Path], bool]:
         if path.stem.startswith("size_"):
             pieces.append(CONF / "experiment/study/fluid.yaml")
         return [*dict.fromkeys([*pieces, path])], True
+    if folder == "experiment/ladder":  # rungs: overlays on the quickstart, as the README composes them
+        return [CONF / "experiment/quickstart.yaml", path], True
     if folder == "trainer":
         return [path, CONF / "data/shapes.yaml", TINY_MODEL], path.stem != "gpu"
     if folder == "data":
@@ -125,6 +133,22 @@ def test_default_callbacks_survive_added_ones_from_yaml_and_the_command_line(tmp
     assert Path(cli.trainer.checkpoint_callback.dirpath) == tmp_path / "run" / "checkpoints"
     assert next(c for c in callbacks if isinstance(c, NonFiniteLossGuard)).max_in_a_row == 3
     assert any(type(p).__name__ == "AtomicCheckpointIO" for p in [cli.trainer.strategy.checkpoint_io])
+
+
+@pytest.mark.parametrize("rung,tags", [("single", {"single_object", "colors"}),
+                                       ("two", {"single_object", "colors", "two_object", "counting"})])
+def test_a_ladder_rung_trains_and_scores_only_its_tags_in_its_own_folder(rung, tags, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cli = lightning_cli(config_args(CONF / "experiment/quickstart.yaml", CONF / f"experiment/ladder/{rung}.yaml"),
+                        run=False)
+    cli.datamodule.setup("fit")
+    seen = {cli.datamodule.train_set[i]["caption"] for i in range(64)}
+    assert set(cli.datamodule.tags) == tags and len(seen) > 5
+    scorer = next(c for c in cli.trainer.callbacks if isinstance(c, ShapesEvalCallback))
+    scorer.setup(cli.trainer, cli.model, "fit")
+    assert {r["tag"] for r in scorer.records} == tags
+    assert Path(cli.trainer.default_root_dir) == Path(f"runs/ladder/{rung}")
+    assert Path(cli.trainer.checkpoint_callback.dirpath) == tmp_path / f"runs/ladder/{rung}/checkpoints"
 
 
 def test_sampling_settings_round_trip_through_yaml_and_the_command_line(tmp_path):

@@ -1,5 +1,6 @@
 """Callbacks decide when and where (interval, rank, logger); the module provides what (``log_images``)."""
 
+from .caption_use import CaptionUse
 from .clip_score import CLIPScoreCallback
 from .fid import FIDCallback
 from .image_grid import ImageGrid
@@ -10,6 +11,7 @@ from .shapes_eval import ShapesEvalCallback
 from .throughput import Throughput
 
 __all__ = [
+    "CaptionUse",
     "CLIPScoreCallback",
     "FIDCallback",
     "ImageGrid",

@@ -52,7 +52,7 @@ class LineProgress(ProgressBar):
             self.print(self.line(trainer, now))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith("val")}
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith(("val", "caption"))}
         if self._enabled and not trainer.sanity_checking and metrics:
             self.print(f"validation at step {trainer.global_step} | " + " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
 

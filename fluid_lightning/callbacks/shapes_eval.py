@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 
 from ..data.shapes import evaluation_suite, geneval_metadata
+from ..data.vocabulary import TAGS
 from ..evaluation.geneval import read_metadata, summarize
 from ..evaluation.shapes import score_images
 from ..pipeline import to_pil
@@ -26,18 +27,24 @@ class ShapesEvalCallback(ImageCallback):
     def __init__(self, metadata: str | None = None, min_per_tag: int = 16, per_prompt: int = 1,
                  every_n_steps: int = 1000,
                  on_fit_end: bool = True, max_prompts: int | None = None, sampling: SamplingSettings | None = None,
-                 batch_size: int = 64, out_file: str | None = None, hp_metric: bool = True):
+                 batch_size: int = 64, out_file: str | None = None, hp_metric: bool = True,
+                 tags: list[str] | None = None):
         """``metadata``: a GenEval JSONL (``evaluation_metadata.jsonl`` from `data shapes`); None uses
         ``evaluation_suite(min_per_tag)`` (all six tags, held-out prompts included, each tag's prompts
         repeated to ``min_per_tag`` records: 148 at 16, against ~1000 images in `evaluate generate`).
         A path that does not exist is reported once and the callback stays off; training goes on. ``max_prompts``: evaluate
         the first N records only (quick looks). ``out_file``: per-image results as JSONL, rewritten
         at every evaluation (rank 0). ``hp_metric``: the final ``shapes/overall`` becomes the run's
-        ``hp_metric``, so TensorBoard's HPARAMS tab compares runs by it."""
+        ``hp_metric``, so TensorBoard's HPARAMS tab compares runs by it. ``tags``: score only these
+        GenEval tags (a ladder rung that trains on some of them); None scores all."""
         super().__init__(every_n_steps, on_fit_end, sampling, batch_size)
         self.metadata_path, self.per_prompt, self.max_prompts = metadata, per_prompt, max_prompts
         self.min_per_tag = min_per_tag
         self.out_file, self.hp_metric = out_file, hp_metric
+        unknown = set(tags or ()) - set(TAGS)
+        if unknown:
+            raise ValueError(f"ShapesEvalCallback tags must be among {', '.join(TAGS)}; got {sorted(unknown)}")
+        self.tags = tuple(tags) if tags else None
         self.records: list[dict] | None = None
         self.last_summary: dict | None = None
 
@@ -52,9 +59,11 @@ class ShapesEvalCallback(ImageCallback):
                                    "for the built-in evaluation suite)")
         else:
             records = read_metadata(self.metadata_path)
+        if self.tags is not None:
+            records = [r for r in records if r["tag"] in self.tags]
         self.records = records[: self.max_prompts] if self.max_prompts else records
         if not self.records:
-            self.switch_off("the metadata holds no prompts")
+            self.switch_off("the metadata holds no prompts" + (f" with tags {list(self.tags)}" if self.tags else ""))
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:
         """Sample, score, log; returns the summary (see `summarize`), or None when off."""

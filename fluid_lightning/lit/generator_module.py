@@ -134,9 +134,13 @@ class GeneratorModule(ModuleBase):
     def _encode(self, images: Tensor) -> Tensor:
         return self.tokenizer.encode(images_to_float(images))  # uint8 pixels or [-1, 1]
 
-    def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
-        tokens = self._tokens(batch)
+    def encode_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """(tokens, text features, text mask) of a batch: what the generator's loss reads."""
         text, text_mask = self.text_encoder(batch["caption"])
+        return self._tokens(batch), text, text_mask
+
+    def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
+        tokens, text, text_mask = self.encode_batch(batch)
         return self.generator(tokens, text, text_mask), tokens.shape[0]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:

@@ -87,6 +87,7 @@ class FluidGenerator(nn.Module):
         learn_sigma: bool = True,
         prediction_type: Literal["epsilon", "v"] = "epsilon",
         x0_loss_weight: float = 0.0,
+        pooled_text: bool = False,
     ):
         """Sizes follow the constructor names; ``grid_size`` and ``token_dim``/``vocab_size``
         must match the tokenizer, ``text_dim`` the text encoder's output width.
@@ -94,7 +95,11 @@ class FluidGenerator(nn.Module):
         ``x0_loss_weight`` (continuous tokens): adds that weight times the MSE of a linear read-out of
         each predicted token's condition against the token itself, a low-noise signal that teaches the
         transformer what a token's context implies; the diffusion head alone gets it only through
-        its noisy per-timestep loss. 0 (MAR, Fluid) leaves it out."""
+        its noisy per-timestep loss. 0 (MAR, Fluid) leaves it out.
+
+        ``pooled_text``: adds a learned projection of the mean of the aligned caption to every position's
+        output, so the head reads the caption directly as well as through cross-attention (False in
+        Fluid, whose head reads the transformer's output alone)."""
         super().__init__()
         if token_kind not in ("continuous", "discrete"):
             raise ValueError(f"token_kind must be 'continuous' or 'discrete', got {token_kind!r}")
@@ -129,6 +134,10 @@ class FluidGenerator(nn.Module):
         else:
             self.head = LogitsHead(width, vocab_size)
         self.x0_readout = nn.Linear(width, token_dim) if self.x0_loss_weight else None
+        self.pooled_text = nn.Linear(width, width) if pooled_text else None
+        if self.pooled_text is not None:  # starts as the plain model
+            nn.init.zeros_(self.pooled_text.weight)
+            nn.init.zeros_(self.pooled_text.bias)
 
     @property
     def _learned_token_name(self) -> str:
@@ -146,7 +155,11 @@ class FluidGenerator(nn.Module):
         causal = self.order == "raster"
         for i, block in enumerate(self.blocks):
             x = block(x, ctx, ctx_mask, causal=causal, cache=None if cache is None else cache.layers[i])
-        return self.norm(x)
+        if self.pooled_text is None:
+            return self.norm(x)
+        weights = ctx_mask.to(ctx.dtype)[..., None]
+        pooled = (ctx * weights).sum(1) / weights.sum(1).clamp_min(1)
+        return self.norm(x) + self.pooled_text(pooled)[:, None]
 
     def _check_tokens(self, tokens: Tensor) -> None:
         if self.token_kind == "continuous":
@@ -204,6 +217,16 @@ class FluidGenerator(nn.Module):
         ``masked`` [B, N] is False (the rest read as the mask token) and the aligned text."""
         x = torch.where(masked[..., None], self.mask_token.to(ctx.dtype), self.embed(tokens).to(ctx.dtype))
         return self._run(x + self.pos_embed, ctx, ctx_mask, cache)
+
+    def blank_conditions(self, ctx: Tensor, ctx_mask: Tensor) -> Tensor:
+        """The head's condition where nothing is revealed yet, from the aligned text alone: [B, N, width]
+        for every position of a random order (all masked), [B, 1, width] for a raster order's first."""
+        b = ctx.shape[0]
+        if self.order == "random":
+            x = self.mask_token.to(ctx.dtype).expand(b, self.num_tokens, -1)
+            return self._run(x + self.pos_embed, ctx, ctx_mask)
+        x = self.start_token.to(ctx.dtype).expand(b, 1, -1)
+        return self._run(x + self.pos_embed[:, :1], ctx, ctx_mask)
 
     # ---- sampling ------------------------------------------------------------------------------
     @torch.no_grad()

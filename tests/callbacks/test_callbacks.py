@@ -122,6 +122,11 @@ def test_missing_metadata_is_reported_once_and_training_goes_on(tmp_path):
     assert not [t for t in _events(log_dir).Tags()["scalars"] if t.startswith("shapes/")]
 
 
+def test_shapes_eval_tags_must_be_geneval_tags():
+    with pytest.raises(ValueError, match="tags must be among single_object, .*got \\['colours'\\]"):
+        ShapesEvalCallback(tags=["single_object", "colours"])
+
+
 def test_image_grid_needs_prompts_or_none():
     with pytest.raises(ValueError, match="prompt"):
         ImageGrid([])

@@ -234,3 +234,23 @@ def test_x0_loss_adds_the_readout_mse_on_the_predicted_tokens(order, text, monke
     assert gen.x0_readout.weight.grad.abs().sum() > 0 and gen.blocks[0].mlp.fc1.weight.grad.abs().sum() > 0
     assert tiny_generator("continuous", order).x0_readout is None  # off by default (MAR, Fluid)
     assert tiny_generator("discrete", order, x0_loss_weight=0.5).x0_readout is None  # a logits head needs none
+
+
+@pytest.mark.parametrize("token_kind,order", VARIANTS)
+def test_pooled_text_starts_as_the_plain_model_then_tells_the_head_the_caption(token_kind, order, text):
+    emb, mask = text
+    torch.manual_seed(0)
+    plain = tiny_generator(token_kind, order).eval()
+    torch.manual_seed(0)
+    pooled = tiny_generator(token_kind, order, pooled_text=True).eval()
+    pooled.load_state_dict(plain.state_dict(), strict=False)  # zero-initialised projection: the plain model
+    tokens = random_tokens(plain, emb.shape[0])
+    assert torch.equal(plain(tokens, emb, mask, rng=torch.Generator().manual_seed(2)),
+                       pooled(tokens, emb, mask, rng=torch.Generator().manual_seed(2)))
+    torch.nn.init.normal_(pooled.pooled_text.weight)
+    ctx, ctx_mask = pooled.encode_text(emb, mask)
+    padded = torch.cat([ctx, torch.randn_like(ctx)], 1), torch.cat([ctx_mask, torch.zeros_like(ctx_mask)], 1)
+    # the mean runs over the caption's own tokens: padding does not move it
+    torch.testing.assert_close(pooled.blank_conditions(ctx, ctx_mask), pooled.blank_conditions(*padded))
+    assert not torch.allclose(pooled.blank_conditions(ctx, ctx_mask), plain.blank_conditions(ctx, ctx_mask))
+    assert tiny_generator(token_kind, order).pooled_text is None  # off by default (Fluid)
