@@ -105,7 +105,7 @@ def plot(table: dict[str, dict[int, dict]], tags: tuple[str, ...], path: Path) -
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[int, dict]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--tags", nargs="+", choices=TAGS, default=list(TAGS))
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", nargs="*", type=int, help="score only these steps")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
-    ns = parser.parse_args()
+    ns = parser.parse_args(argv)
     tags = tuple(ns.tags)
     key_extra = f"tags={','.join(tags)};min={ns.min_per_tag};seeds={ns.seeds};setting={ns.setting};val={ns.val}"
     cache = json.loads(ns.json.read_text()) if ns.json and ns.json.exists() else {}
@@ -137,6 +137,7 @@ def main() -> None:
                   f"| {row['caption/spread']:.3f} |", flush=True)
     if ns.plot:
         plot(table, tags, ns.plot)
+    return table
 
 
 if __name__ == "__main__":
