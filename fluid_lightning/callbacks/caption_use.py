@@ -1,7 +1,7 @@
 """CaptionUse: does the generator read its caption? Logged at every validation of a generator fit.
 
 At each validation batch it asks the module for the batch's tokens and text and measures, with the
-sampling (EMA) weights, ``caption/shuffle_gap`` (the loss with the batch's captions moved to other
+sampling (EMA) weights, ``caption/shuffle_gap`` (the loss with the batch's captions shuffled among its
 images, minus the loss with the true ones, on the same draws) and ``caption/spread`` (how far the
 condition with nothing revealed moves across the batch's distinct captions); see
 ``evaluation/caption_use.py``. Both are averaged over the validation batches and ranks. A healthy
