@@ -29,19 +29,26 @@ from fluid_lightning.evaluation.shapes import score_images
 from fluid_lightning.lit.generator_module import GeneratorModule
 from fluid_lightning.pipeline import FluidPipeline, to_pil
 
-FIELD_TYPES = {"cfg": float, "temperature": float, "cfg_schedule": str, "top_k": int, "timestep_spacing": str}
+FIELD_TYPES = {"cfg": float, "temperature": float, "cfg_schedule": str, "top_k": int, "timestep_spacing": str,
+               "steps": int, "diffusion_steps": int, "diffusion_sampler": str}
 
 
-def parse_setting(text: str) -> dict:
-    head, *fields = text.split(",")
-    sampler, diffusion_steps, steps = head.split(":")
-    setting = {"diffusion_sampler": sampler, "diffusion_steps": int(diffusion_steps), "steps": int(steps)}
+def parse_fields(fields: list[str], text: str) -> dict:
+    """``name=value`` SamplingSettings fields (``text``: the whole setting, for the error)."""
+    setting = {}
     for field in fields:
         name, _, value = field.partition("=")
         if name not in FIELD_TYPES:
             raise SystemExit(f"unknown setting field {name!r} in {text!r}; choose from {sorted(FIELD_TYPES)}")
         setting[name] = FIELD_TYPES[name](value)
     return setting
+
+
+def parse_setting(text: str) -> dict:
+    head, *fields = text.split(",")
+    sampler, diffusion_steps, steps = head.split(":")
+    return {"diffusion_sampler": sampler, "diffusion_steps": int(diffusion_steps), "steps": int(steps),
+            **parse_fields(fields, text)}
 
 
 def replace_ema(module: GeneratorModule) -> GeneratorModule:

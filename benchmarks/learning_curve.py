@@ -23,6 +23,7 @@ import statistics
 from pathlib import Path
 
 import torch
+from bench_samplers import parse_fields
 from matplotlib.figure import Figure
 from study import ema_val_loss
 
@@ -30,23 +31,11 @@ from fluid_lightning.checkpointing import load
 from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.data.shapes import ShapesDataset, collate_images, evaluation_suite, geneval_metadata
 from fluid_lightning.data.vocabulary import TAGS
-from fluid_lightning.evaluation.caption_use import condition_spread, shuffle_gap
+from fluid_lightning.evaluation.caption_use import condition_spread, first_of_each, shuffle_gap
 from fluid_lightning.evaluation.geneval import summarize
 from fluid_lightning.evaluation.shapes import score_images
 from fluid_lightning.lit.generator_module import GeneratorModule
 from fluid_lightning.pipeline import FluidPipeline, to_pil
-
-FIELD_TYPES = {"cfg": float, "temperature": float, "cfg_schedule": str, "steps": int, "diffusion_steps": int}
-
-
-def parse_fields(text: str) -> dict:
-    fields = {}
-    for field in filter(None, text.split(",")):
-        name, _, value = field.partition("=")
-        if name not in FIELD_TYPES:
-            raise SystemExit(f"unknown setting field {name!r}; choose from {sorted(FIELD_TYPES)}")
-        fields[name] = FIELD_TYPES[name](value)
-    return fields
 
 
 def step_checkpoints(run: Path) -> list[tuple[int, Path]]:
@@ -65,9 +54,11 @@ def caption_numbers(module: GeneratorModule, tags: tuple[str, ...], num: int, ba
     for i, start in enumerate(range(0, num, batch_size)):
         batch = collate_images([data[j] for j in range(start, min(start + batch_size, num))])
         tokens = module.tokenizer.encode(images_to_float(batch["image"]))
-        true, shuffled = shuffle_gap(generator, tokens, *module.text_encoder(batch["caption"]), seed=i)
+        text, text_mask = module.text_encoder(batch["caption"])
+        true, shuffled = shuffle_gap(generator, tokens, text, text_mask, seed=i)
         gaps.append(shuffled - true)
-        spreads.append(condition_spread(generator, *module.text_encoder(sorted(set(batch["caption"])))))
+        distinct = first_of_each(batch["caption"])
+        spreads.append(condition_spread(generator, text[distinct], text_mask[distinct]))
     return {"caption/shuffle_gap": statistics.mean(gaps), "caption/spread": statistics.mean(spreads)}
 
 
@@ -79,7 +70,7 @@ def score(ckpt: Path, tags: tuple[str, ...], ns: argparse.Namespace) -> dict:
     per_seed = []
     for seed in ns.seeds:
         images = [im for batch in pipe.generate_batches([r["prompt"] for r in records], 64, seed=seed,
-                                                          **parse_fields(ns.setting))
+                                                          **parse_fields(list(filter(None, ns.setting.split(","))), ns.setting))
                   for im in to_pil(batch)]
         summary = summarize(score_images(images, records))
         per_seed.append({tag: summary["tags"][tag]["accuracy"] for tag in tags} | {"overall": summary["overall"]})

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from ..evaluation.caption_use import condition_spread, shuffle_gap
+from ..evaluation.caption_use import condition_spread, first_of_each, shuffle_gap
 from ..parallel import gathered
 
 
@@ -34,12 +34,11 @@ class CaptionUse(Callback):
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return
         tokens, text, text_mask = pl_module.encode_batch(batch)
-        captions = sorted(set(batch["caption"]))
-        distinct_text, distinct_mask = pl_module.text_encoder(captions)
         generator = pl_module.sampling_generator
         true, shuffled = shuffle_gap(generator, tokens, text, text_mask, self.seed + batch_idx)
+        distinct = first_of_each(list(batch["caption"]))  # the batch's text rows, not a second T5 pass
         with gathered(generator):  # FSDP2: the blank conditions bypass forward
-            spread = condition_spread(generator, distinct_text, distinct_mask)
+            spread = condition_spread(generator, text[distinct], text_mask[distinct])
         size = tokens.shape[0]
         for name, value in (("caption/shuffle_gap", shuffled - true), ("caption/spread", spread)):
             pl_module.log(name, value, on_epoch=True, sync_dist=True, batch_size=size, prog_bar=True)

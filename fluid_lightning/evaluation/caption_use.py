@@ -30,6 +30,11 @@ def shuffle_gap(generator: FluidGenerator, tokens: Tensor, text: Tensor, text_ma
     return losses[0], losses[1]
 
 
+def first_of_each(captions: list[str]) -> list[int]:
+    """The index of each distinct caption's first occurrence: the rows to give `condition_spread`."""
+    return sorted({caption: i for i, caption in reversed(list(enumerate(captions)))}.values())
+
+
 @torch.no_grad()
 def condition_spread(generator: FluidGenerator, text: Tensor, text_mask: Tensor) -> float:
     """How far the condition with nothing revealed moves across the given captions (see above); give

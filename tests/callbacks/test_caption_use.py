@@ -8,7 +8,7 @@ import torch
 from tiny import TINY_T5, tiny_generator
 
 from fluid_lightning.callbacks.caption_use import CaptionUse
-from fluid_lightning.evaluation.caption_use import condition_spread, shuffle_gap
+from fluid_lightning.evaluation.caption_use import condition_spread, first_of_each, shuffle_gap
 from fluid_lightning.lit.generator_module import GeneratorModule
 from fluid_lightning.models import PixelPatchTokenizer, T5TextEncoder
 
@@ -90,3 +90,8 @@ def test_the_gap_compares_like_with_like_and_the_spread_sees_every_raster_captio
         assert true == shuffled
         assert condition_spread(generator, text, mask) > 0
         assert condition_spread(generator, text[:1], mask[:1]) == 0.0
+
+
+def test_each_distinct_caption_counts_once_from_its_first_row():
+    assert first_of_each(["b", "a", "b", "c", "a"]) == [0, 1, 3]
+    assert first_of_each([]) == []
