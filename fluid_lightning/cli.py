@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from .callbacks.caption_use import CaptionUse
 from .callbacks.progress import LineProgress
 from .callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint
-from .checkpointing import UnsafeCheckpointError, find_last_checkpoint, safe_load, upgrade_hparams
+from .checkpointing import CheckpointError, find_last_checkpoint, safe_load, upgrade_hparams
 from .commands import checkpoint, data, evaluate, params, sample, tokenizer
 from .config import register_resolvers
 from .loggers import FluidTensorBoardLogger
@@ -60,6 +60,8 @@ class FluidCLI(LightningCLI):
 
     - the default callbacks above and atomic checkpoint files for every trainer config; checkpoints go to
       ``<trainer.default_root_dir>/checkpoints`` unless ``checkpoint.dirpath`` says otherwise;
+    - a ``fit`` without ``--ckpt_path`` into a checkpoint folder that already holds checkpoints is refused in
+      one line (it would overwrite them);
     - ``--ckpt_path last`` also finds the last checkpoint of an earlier run; the checkpoint's config is
       read as tensors and plain data only (one line refuses a file carrying code) and upgraded from
       earlier versions; the model settings it replaces (Lightning rebuilds the model from it) are named;
@@ -79,6 +81,8 @@ class FluidCLI(LightningCLI):
         if config.get("checkpoint") is not None and config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(Path(config.trainer.default_root_dir or ".") / "checkpoints")
         if not config.get("ckpt_path"):
+            if subcommand == "fit":
+                _refuse_a_second_run(config)
             return
         if config.ckpt_path == "last":
             found = find_last_checkpoint(config.trainer.default_root_dir or ".")
@@ -127,6 +131,21 @@ class FluidCLI(LightningCLI):
         if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False and not has_bar:
             extra.append(LineProgress())
         return self._instantiate_trainer({**trainer_config, **kwargs}, extra)
+
+
+def _refuse_a_second_run(config) -> None:
+    """A new fit would overwrite another run's checkpoints (same names, same folder): say so instead."""
+    if config.get("checkpoint") is None or config.trainer.get("enable_checkpointing") is False:
+        return
+    if any(Path(config.trainer.default_root_dir or ".").glob("hpc_ckpt_*.ckpt")):
+        return  # a SLURM requeue: Lightning resumes from its own hpc checkpoint
+    folder = Path(config.checkpoint.dirpath)
+    earlier = sorted(p.name for p in folder.glob("*.ckpt") if not p.name.startswith(".")) if folder.is_dir() else []
+    if earlier:
+        shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+        raise CheckpointError(f"{folder} already holds checkpoints of an earlier run ({shown}); a new run would overwrite "
+                              "them: resume it with --ckpt_path last, or give this run another "
+                              "--trainer.default_root_dir (or delete that folder)")
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True) -> FluidCLI:
@@ -178,7 +197,7 @@ def main(args: list[str] | None = None) -> None:
             lightning_cli(None if args is None else argv)
     except (OSError, ValueError) as err:  # bad input: the message names the fix; the traceback adds nothing
         if os.environ.get("FLUID_LIGHTNING_TRACEBACK") or (name not in COMMANDS and not isinstance(
-                err, UnsafeCheckpointError)):
+                err, CheckpointError)):
             raise
         sys.exit(f"fluid_lightning {name}: error: {err}")
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from .files import atomic_write, safe_load
+from .sharded import check_sharded_checkpoint
 
 CONFIG_KEY = "fluid_lightning.config"  # safetensors metadata key holding model.init_args as JSON
 
@@ -22,10 +23,8 @@ CONFIG_KEY = "fluid_lightning.config"  # safetensors metadata key holding model.
 def read_training_checkpoint(src: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(module state dict, the rest of the checkpoint) from a .ckpt file or a sharded FSDP2 directory."""
     if src.is_dir():
-        meta_file = src / "meta.pt"  # Lightning's ModelParallelStrategy writes the non-tensor part here
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{src} is a directory but not a sharded Lightning checkpoint (no meta.pt)")
-        meta = safe_load(meta_file)  # before the conversion, whose own load is not weights-only
+        check_sharded_checkpoint(src)  # the conversion reads the index and non-tensor items with pickle
+        meta = safe_load(src / "meta.pt")  # Lightning's ModelParallelStrategy writes the non-tensor part here
         with tempfile.TemporaryDirectory() as tmp:
             full = Path(tmp) / "full.pt"
             dcp_to_torch_save(src, full)

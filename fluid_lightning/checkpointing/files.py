@@ -6,10 +6,16 @@
 - ``atomic_write``: a temporary file in the same folder, fsynced, then ``os.replace``d over the
   target, so a kill during a save leaves the previous checkpoint intact.
 - ``AtomicCheckpointIO``: both, as the Lightning ``CheckpointIO`` plugin every one-file strategy gets.
+  A save that finds the disk full (or the file-size limit reached) removes its temporary file and
+  stops the run with ``DiskFullError``, naming the file and the last good checkpoint.
+- ``newest_readable_checkpoint``: the checkpoint to name when the one asked for is damaged or missing.
+
+Every error here is a ``CheckpointError``: the command line prints its one line, never a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
@@ -21,8 +27,45 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
-class UnsafeCheckpointError(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or written as asked; the message says which file and what to do."""
+
+
+class UnsafeCheckpointError(CheckpointError):
     """The file is not a plain weights checkpoint (loading it would run code or build arbitrary objects)."""
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written for lack of space; the previous one is whole."""
+
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # no space, file-size limit, quota
+
+
+def _os_error_in(err: BaseException | None) -> OSError | None:
+    """The ``OSError`` behind ``err``: torch.save turns a failed write into a RuntimeError whose context
+    is the write's own OSError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def disk_full_error(target: str | Path, err: BaseException) -> DiskFullError | None:
+    """The one-line ``DiskFullError`` for a failed save of ``target`` when ``err`` (or what caused it) is a
+    lack of space or the file-size limit; None for any other failure."""
+    err = _os_error_in(err)
+    if err is None or err.errno not in DISK_FULL_ERRNOS:
+        return None
+    target = Path(target)
+    survivor = newest_readable_checkpoint(target.parent)
+    kept = (f"the last good checkpoint is {survivor}" if survivor is not None
+            else "no earlier checkpoint is in that folder")
+    return DiskFullError(f"disk full: could not write {target} ({err.strerror}); {kept}; the run stopped: free space "
+                         "(or move --trainer.default_root_dir) and resume with --ckpt_path last")
 
 
 def refusal(path: str | Path, err: pickle.UnpicklingError) -> UnsafeCheckpointError:
@@ -38,11 +81,43 @@ def refusal(path: str | Path, err: pickle.UnpicklingError) -> UnsafeCheckpointEr
     )
 
 
+def is_torch_file(path: str | Path) -> bool:
+    """A whole ``torch.save`` archive: a zip (its directory sits at the end, so a truncated one fails)
+    holding a pickle."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def check_torch_file(path: str | Path) -> None:
     """A clear error for a file that ``torch.load`` cannot read at all (it would fail deep inside)."""
-    if Path(path).is_file() and not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive, and this file is "
-                         "truncated or in another format (a safetensors file must be named *.safetensors)")
+    if Path(path).is_file() and not is_torch_file(path):
+        beside = newest_readable_checkpoint(Path(path).parent, exclude=Path(path))
+        hint = (f"; the newest readable checkpoint beside it is {beside}: resume with --ckpt_path {beside}"
+                if beside is not None else "")
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive, and this file is "
+                              f"truncated or in another format (a safetensors file must be named *.safetensors){hint}")
+
+
+def is_readable_checkpoint(path: Path) -> bool:
+    """Whole as far as can be told without loading it: a complete archive, or a sharded directory with
+    its metadata and ``meta.pt``."""
+    if path.is_dir():
+        return (path / ".metadata").is_file() and (path / "meta.pt").is_file() and is_torch_file(path / "meta.pt")
+    return path.is_file() and is_torch_file(path)
+
+
+def newest_readable_checkpoint(folder: Path, exclude: Path | None = None) -> Path | None:
+    """The most recently written readable ``*.ckpt`` in ``folder`` (hidden staging files skipped)."""
+    found = [p for p in folder.glob("*.ckpt") if not p.name.startswith(".") and p != exclude]
+    for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        if is_readable_checkpoint(path):
+            return path
+    return None
 
 
 def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -75,16 +150,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+        try:
+            atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+        except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+            full = disk_full_error(path, err)
+            if full is None:
+                raise
+            raise full from err
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if Path(path).is_dir():
-            raise IsADirectoryError(
+            raise CheckpointError(
                 f"{path} is a sharded FSDP2 checkpoint: resume it with --config conf/trainer/fsdp2.yaml (any "
                 "--trainer.devices, 1 included), or make one weights file with `python -m fluid_lightning checkpoint "
                 "consolidate`")
         if not Path(path).is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
+            raise CheckpointError(f"checkpoint file not found: {path}")
         # weights_only whatever the caller asks: resuming never needs arbitrary objects.
         return safe_load(path, map_location=map_location if map_location is not None else "cpu")
 

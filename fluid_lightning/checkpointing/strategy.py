@@ -1,7 +1,9 @@
 """FSDP2 checkpoints: ``AtomicModelParallelStrategy`` (conf/trainer/fsdp2.yaml) is Lightning's
 ``ModelParallelStrategy`` writing each checkpoint (a directory of shards, or one file) to a hidden
 staging path first and swapping it in only when every rank has finished, so a kill mid-save leaves
-the previous checkpoint whole. Its loads are ``weights_only`` too.
+the previous checkpoint whole. A save that finds the disk full removes its staging folder and stops
+the run on every rank with ``DiskFullError``. Its loads check the directory first
+(``sharded.check_sharded_checkpoint``) and are ``weights_only``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import lightning.fabric.strategies.model_parallel as fabric_model_parallel
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.distributed.checkpoint.api import CheckpointException
 
-from .files import refusal
+from .files import CheckpointError, disk_full_error, refusal
+from .sharded import check_sharded_checkpoint
 
 
 def _remove(path: Path) -> None:
@@ -94,7 +98,22 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
         if self.is_global_zero:
             _remove(staging)  # left behind by a save that was killed
         self.barrier("fluid_lightning.checkpoint_staging")
-        super().save_checkpoint(checkpoint, staging, storage_options)
+        failure: BaseException | None = None
+        try:
+            super().save_checkpoint(checkpoint, staging, storage_options)
+        except (OSError, RuntimeError, CheckpointException) as err:
+            failure = err  # rank 0 alone writes meta.pt: the others must hear of its failure, not hang
+        if self.reduce_boolean_decision(failure is not None, all=False):
+            if self.is_global_zero:
+                _remove(staging)
+            self.barrier("fluid_lightning.checkpoint_failed")
+            if failure is None:
+                raise CheckpointError(f"another process could not write its part of {path}; the previous checkpoint "
+                                      "is kept; that process's log says why")
+            full = _disk_full(path, failure)
+            if full is None:
+                raise failure
+            raise full from failure
         self.barrier("fluid_lightning.checkpoint_written")
         if self.is_global_zero:
             publish_atomically(staging, path)
@@ -107,11 +126,22 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
             rank_zero_warn(f"{path} is missing (a save was killed while swapping it in); loading the previous "
                            f"checkpoint from {old}")
             path = old
+        if path.is_dir():
+            check_sharded_checkpoint(path)  # torch reads its index and non-tensor items with plain pickle
         try:  # weights_only whatever the caller asked: the metadata file must not be able to run code
             with _optimizer_state_named_by_param_groups(self.model, self.optimizers):
                 return super().load_checkpoint(path, weights_only=True)
         except pickle.UnpicklingError as err:
             raise refusal(path / "meta.pt" if path.is_dir() else path, err) from err
+
+
+def _disk_full(path: Path, failure: BaseException) -> CheckpointError | None:
+    """``DiskFullError`` when a failed sharded save (DCP wraps each rank's own error in a
+    CheckpointException) ran out of space; None for any other failure."""
+    causes = [failure]
+    if isinstance(failure, CheckpointException):
+        causes = [exc for exc, _trace in failure.failures.values()]
+    return next((full for cause in causes if (full := disk_full_error(path, cause)) is not None), None)
 
 
 @contextmanager

@@ -10,7 +10,12 @@ import pytest
 import torch
 from tiny import CONF
 
-from fluid_lightning.checkpointing import AtomicCheckpointIO, UnsafeCheckpointError, consolidate
+from fluid_lightning.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    UnsafeCheckpointError,
+    consolidate,
+)
 from fluid_lightning.cli import main
 from fluid_lightning.pipeline import FluidPipeline
 
@@ -36,7 +41,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path):
 
 def test_a_sharded_checkpoint_given_to_a_one_file_strategy_names_the_fix(tmp_path):
     (tmp_path / "last.ckpt").mkdir()
-    with pytest.raises(IsADirectoryError, match="conf/trainer/fsdp2.yaml"):
+    with pytest.raises(CheckpointError, match="conf/trainer/fsdp2.yaml"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "last.ckpt")
 
 

@@ -41,12 +41,13 @@ def test_a_copy_left_by_an_interrupted_swap_is_loaded_then_cleaned_up(tmp_path, 
     (old / "meta.pt").write_text("previous")
     strategy = AtomicModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1)
     monkeypatch.setattr(strategy, "broadcast", lambda obj, src=0: obj)
-    loaded = []
+    loaded, checked = [], []
+    monkeypatch.setattr("fluid_lightning.checkpointing.strategy.check_sharded_checkpoint", checked.append)
     monkeypatch.setattr("lightning.pytorch.strategies.ModelParallelStrategy.load_checkpoint",
                         lambda self, path, weights_only=None: loaded.append((Path(path), weights_only)) or {})
     with pytest.warns(UserWarning, match="loading the previous checkpoint"):
         strategy.load_checkpoint(target)
-    assert loaded == [(old, True)]
+    assert loaded == [(old, True)] and checked == [old]
 
     staging = tmp_path / ".last.ckpt.partial"
     staging.mkdir()
