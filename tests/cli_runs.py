@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import lightning.pytorch.strategies.model_parallel as model_parallel
 import torch
 from tiny import CONF, ROOT
 
@@ -45,6 +46,26 @@ class FileSizeLimit(L.Callback):
         if trainer.global_step == self.after_step:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_bytes, resource.RLIM_INFINITY))
+
+
+class SlowShardedSave(L.Callback):
+    """From the ``from_save``-th sharded save on, each rank writes its shards, touches
+    ``<default_root_dir>/mid-save`` and waits: a window in which a test kills the job mid-save."""
+
+    def __init__(self, from_save: int = 2):
+        self.from_save = from_save
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        real, root, saves = model_parallel._distributed_checkpoint_save, Path(trainer.default_root_dir), []
+
+        def save_then_wait(state, path) -> None:
+            real(state, path)
+            saves.append(path)
+            if len(saves) >= self.from_save:
+                (root / "mid-save").touch()
+                time.sleep(120)
+
+        model_parallel._distributed_checkpoint_save = save_then_wait
 
 
 def fit_command(root: Path, max_steps: int, *extra: str, stock_callbacks: bool = False) -> list[str]:

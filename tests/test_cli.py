@@ -139,3 +139,21 @@ def test_a_log_file_shows_progress_lines_while_training(tmp_path):
             proc.kill()
             proc.wait()
     assert "\r" not in log.read_text()
+
+
+def test_a_second_run_into_a_folder_of_checkpoints_is_refused_and_a_damaged_last_names_the_good_one(tmp_path):
+    tiny = [*config_args(*BASE, CONF / "model/tiny_fluid.yaml"), "--trainer.max_steps=1",
+            "--trainer.default_root_dir", str(tmp_path)]
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    good = folder / "epoch=0-step=2.ckpt"
+    torch.save({"global_step": 2, "state_dict": {}}, good)
+    (folder / "last.ckpt").write_bytes(good.read_bytes()[:200])  # truncated while being copied
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(SystemExit, match=f"fluid_lightning fit: error: {folder} already holds checkpoints of an "
+                                         r"earlier run \(epoch=0-step=2.ckpt, last.ckpt\).*--ckpt_path last"):
+        main(["fit", *tiny])
+    with pytest.raises(SystemExit, match=f"{folder / 'last.ckpt'} is not a PyTorch checkpoint.*the newest readable "
+                                         f"checkpoint beside it is {good}: resume with --ckpt_path {good}"):
+        main(["fit", *tiny, "--ckpt_path", "last"])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing was overwritten

@@ -99,3 +99,17 @@ def test_links_between_pages_resolve(page):
     for target in re.findall(r"\]\(([^)#]+)\)", page.read_text(encoding="utf-8")):
         if not target.startswith("http"):
             assert (page.parent / target).exists(), f"{page.name} links to {target}"
+
+
+def test_every_test_a_page_names_exists():
+    """docs/reliability.md (and any page) points at tests by ``tests/<file>.py::<name>`` or ``::<name>``
+    after one: each must be a test function of that file."""
+    for page in PAGES:
+        file = None
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", page.read_text()):
+            file = path or file
+            if path and not (ROOT / path).is_file():
+                raise AssertionError(f"{page.name} names {path}, which does not exist")
+            if name:
+                assert file and re.search(rf"^def {name}\(", (ROOT / file).read_text(), re.M), \
+                    f"{page.name} names {file}::{name}, which is not a test there"

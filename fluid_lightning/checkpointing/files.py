@@ -62,8 +62,9 @@ def disk_full_error(target: str | Path, err: BaseException) -> DiskFullError | N
         return None
     target = Path(target)
     survivor = newest_readable_checkpoint(target.parent)
-    kept = (f"the last good checkpoint is {survivor}" if survivor is not None
-            else "no earlier checkpoint is in that folder")
+    kept = ("no earlier checkpoint is in that folder" if survivor is None
+            else f"{target} still holds the previous checkpoint" if survivor == target
+            else f"the last good checkpoint is {survivor}")
     return DiskFullError(f"disk full: could not write {target} ({err.strerror}); {kept}; the run stopped: free space "
                          "(or move --trainer.default_root_dir) and resume with --ckpt_path last")
 

@@ -14,7 +14,12 @@ import torch.distributed.checkpoint as dcp
 from cli_runs import ENV
 from tiny import CONF, ROOT
 
-from fluid_lightning.checkpointing import CheckpointError, UnsafeCheckpointError, check_sharded_checkpoint, consolidate
+from fluid_lightning.checkpointing import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    check_sharded_checkpoint,
+    consolidate,
+)
 from fluid_lightning.checkpointing.sharded import read_metadata
 from fluid_lightning.cli import main
 

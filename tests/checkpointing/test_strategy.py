@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import ROOT
+from cli_runs import ENV, wait_for
+from tiny import CONF, ROOT
 
-from fluid_lightning.checkpointing import AtomicModelParallelStrategy, publish_atomically
+from fluid_lightning.checkpointing import AtomicModelParallelStrategy, publish_atomically, safe_load
+from fluid_lightning.checkpointing.consolidate import read_training_checkpoint
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
@@ -79,10 +82,74 @@ def test_a_failed_sharded_save_leaves_the_last_checkpoint_resumable(tmp_path):
     assert proc.returncode == 0, proc.stderr[-5000:]
     result = json.loads(out.read_text())
     assert result["failed_save"] == "disk full at step 3"
-    assert result["after_failure"] == {"step": 2, "staging_has_meta": False}  # shards written, never published
+    assert result["after_failure"] == {"step": 2, "staging_left": False}  # shards written, never published
     assert result["resumed_to"] == 4 and result["leftovers"] == []
     assert "refusing to load" in result["malicious"] and "posix.system" in result["malicious"]
     assert not (tmp_path / "pwned.txt").exists()
+
+
+def fsdp2_fit(root: Path, max_steps: int = 6) -> list[str]:
+    """A tiny FSDP2 fit on 2 gloo processes (deterministic), writing only last.ckpt, every 2 steps."""
+    return [sys.executable, "-m", "fluid_lightning", "fit", "--config", str(CONF / "trainer/fsdp2.yaml"),
+            "--config", str(CONF / "data/shapes.yaml"), "--config", str(CONF / "model/tiny_fluid.yaml"),
+            "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.precision=32-true",
+            "--trainer.deterministic=true", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=4",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--checkpoint.every_n_train_steps=2", "--checkpoint.save_top_k=0", "--trainer.default_root_dir",
+            str(root), f"--trainer.max_steps={max_steps}"]
+
+
+def test_a_job_killed_during_a_sharded_save_resumes_from_the_previous_whole_checkpoint(tmp_path):
+    """SIGKILL to both processes while the step-4 shards are being written; ``--ckpt_path last`` then
+    resumes from step 2, never from the half-written folder."""
+    folder, command = tmp_path / "checkpoints", fsdp2_fit(tmp_path)
+    with (tmp_path / "killed.txt").open("w") as log:
+        job = subprocess.Popen([*command, "--trainer.callbacks+=cli_runs.SlowShardedSave"], cwd=ROOT, env=ENV,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(tmp_path / "mid-save", job, timeout=240)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # rank 0 and the rank-1 process it launched
+        job.wait()
+    assert (folder / ".last.ckpt.partial").is_dir() and list((folder / ".last.ckpt.partial").glob("*.distcp"))
+    assert safe_load(folder / "last.ckpt" / "meta.pt")["global_step"] == 2
+
+    resumed = subprocess.run([*command, "--ckpt_path", "last"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resuming from {folder / 'last.ckpt'}" in resumed.stdout + resumed.stderr
+    assert "Restored all states" in resumed.stdout + resumed.stderr
+    assert safe_load(folder / "last.ckpt" / "meta.pt")["global_step"] == 6
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]  # the half-written folder is gone
+
+
+@pytest.mark.slow  # three 2-process runs: ~90 s on 2 cores
+def test_a_full_disk_during_a_sharded_save_stops_every_rank_and_resuming_finishes_the_run(tmp_path):
+    """From step 3 no file may pass 60 kB (RLIMIT_FSIZE, both ranks): the step-4 shards cannot be written.
+    Every rank stops with one line (rank 1's may be cut off when rank 0 ends the job first), the step-2 folder is whole, no staging folder is left, and resuming
+    on a disk with room ends on the weights of an uninterrupted run."""
+    whole = subprocess.run(fsdp2_fit(tmp_path / "whole"), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr[-4000:]
+    root = tmp_path / "full"
+    limit = '--trainer.callbacks+={"class_path": "cli_runs.FileSizeLimit", "init_args": {"after_step": 3, "max_bytes": 60000}}'
+    full = subprocess.run([*fsdp2_fit(root), limit], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    last = root / "checkpoints" / "last.ckpt"
+    stopped = [line for line in full.stderr.splitlines() if line.startswith("fluid_lightning fit: error:")]
+    assert full.returncode != 0 and "Traceback" not in full.stderr, full.stderr[-4000:]
+    assert stopped and all(f"disk full: could not write {last} (File too large); {last} still holds the "
+                                     "previous checkpoint" in line for line in stopped), stopped
+    assert safe_load(last / "meta.pt")["global_step"] == 2
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+
+    resumed = subprocess.run([*fsdp2_fit(root), "--ckpt_path", "last"], cwd=ROOT, env=ENV, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    got = read_training_checkpoint(last)[0]
+    expected = read_training_checkpoint(tmp_path / "whole" / "checkpoints" / "last.ckpt")[0]
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
 
 
 def _worker(root: Path, out: Path) -> None:
@@ -121,7 +188,7 @@ def _worker(root: Path, out: Path) -> None:
         result["failed_save"] = str(err)
     model_parallel._distributed_checkpoint_save = real_save
     result["after_failure"] = {"step": safe_load(ckpt_dir / "last.ckpt" / "meta.pt")["global_step"],
-                               "staging_has_meta": (ckpt_dir / ".last.ckpt.partial" / "meta.pt").exists()}
+                               "staging_left": (ckpt_dir / ".last.ckpt.partial").exists()}
 
     resumed = trainer(4)
     resumed.fit(tiny_module(), data(), ckpt_path="last")
