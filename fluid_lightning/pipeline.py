@@ -10,14 +10,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .checkpointing import load
+from .data.pixels import make_grid, to_pil
 from .lit.generator_module import GeneratorModule
 from .models.generator import FluidGenerator
 from .sampling import SamplingSettings, generate_images
+
+__all__ = ["FluidPipeline", "make_grid", "to_pil"]  # the image helpers live in data/pixels.py
 
 
 class FluidPipeline:
@@ -74,42 +77,3 @@ class FluidPipeline:
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) < 2):
             yield self.generate(prompts[start : start + batch_size], settings, rng=rng, progress=progress)
-
-
-def to_pil(images: Tensor) -> list[Image.Image]:
-    """[B, 3, H, W] in [0, 1] → PIL images."""
-    arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arrays]
-
-
-def make_grid(images: list[Image.Image], columns: int | None = None, captions: list[str] | None = None,
-              scale: int = 1) -> Image.Image:
-    """Tile equally sized images into one, row by row (about square by default), each enlarged ``scale``
-    times (nearest neighbour: pixels stay pixels) and, with ``captions``, its caption written under it."""
-    if not images:
-        raise ValueError("make_grid needs at least one image")
-    columns = columns or min(len(images), max(1, int(len(images) ** 0.5 + 0.999)))
-    rows = (len(images) + columns - 1) // columns
-    w, h = images[0].size[0] * scale, images[0].size[1] * scale
-    font = ImageFont.load_default(size=12) if captions else None
-    lines = [_wrap(c, font, w - 4) for c in captions] if captions else []
-    text_h = (max(len(x) for x in lines) * 14 + 4) if lines else 0
-    grid = Image.new("RGB", (columns * w, rows * (h + text_h)), (0, 0, 0) if not captions else (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for i, image in enumerate(images):
-        x, y = (i % columns) * w, (i // columns) * (h + text_h)
-        grid.paste(image.resize((w, h), Image.Resampling.NEAREST) if scale != 1 else image, (x, y))
-        for k, line in enumerate(lines[i] if lines else []):
-            draw.text((x + 2, y + h + 2 + 14 * k), line, fill=(0, 0, 0), font=font)
-    return grid
-
-
-def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
-    """Words of ``text`` in lines no wider than ``width`` pixels."""
-    lines: list[str] = []
-    for word in text.split():
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    return lines or [""]

@@ -16,7 +16,7 @@ from tiny import CONF, ROOT
 from fluid_lightning.checkpointing import safe_load
 from fluid_lightning.cli import lightning_cli, main
 from fluid_lightning.commands.common import resolve_device
-from fluid_lightning.evaluation.fid import read_captions
+from fluid_lightning.commands.evaluate import read_captions
 
 BASE = [CONF / "trainer/cpu.yaml", CONF / "data/shapes.yaml"]
 

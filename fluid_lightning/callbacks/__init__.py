@@ -2,6 +2,7 @@
 
 from .caption_use import CaptionUse
 from .clip_score import CLIPScoreCallback
+from .data_stats import DataStatsLogger
 from .fid import FIDCallback
 from .image_grid import ImageGrid
 from .image_writer import ImageWriter
@@ -13,6 +14,7 @@ from .throughput import Throughput
 __all__ = [
     "CaptionUse",
     "CLIPScoreCallback",
+    "DataStatsLogger",
     "FIDCallback",
     "ImageGrid",
     "ImageWriter",

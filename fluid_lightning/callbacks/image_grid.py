@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..pipeline import make_grid, to_pil
+from ..data.pixels import make_grid, to_pil
 from ..sampling import SamplingSettings
 from .periodic import ImageCallback, val_loader
 

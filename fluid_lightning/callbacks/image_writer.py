@@ -8,7 +8,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from ..pipeline import to_pil
+from ..data.pixels import to_pil
 
 
 class ImageWriter(BasePredictionWriter):

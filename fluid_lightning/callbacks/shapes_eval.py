@@ -14,11 +14,11 @@ from pathlib import Path
 
 import lightning as L
 
+from ..data.pixels import to_pil
 from ..data.shapes import evaluation_suite, geneval_metadata
 from ..data.vocabulary import TAGS
 from ..evaluation.geneval import read_metadata, summarize
 from ..evaluation.shapes import score_images
-from ..pipeline import to_pil
 from ..sampling import SamplingSettings
 from .periodic import ImageCallback, publish_metrics
 

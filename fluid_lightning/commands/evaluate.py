@@ -6,20 +6,34 @@
         --feature pt_inception-2015-12-05-6726825d.pth --num 30000
 
 The folder `generate` writes is GenEval's, so GenEval's own detector-based evaluate_images.py can
-score real-world checkpoints from it too.
+score real-world checkpoints from it too. The drivers from a checkpoint to images (``generate_folder``,
+``pipeline_fid``, with ``read_captions`` and ``iter_real_images``) live here, beside their one caller;
+``evaluation/`` scores images and never loads a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data.pixels import images_to_float, to_pil
 from ..data.shapes import evaluation_suite, geneval_metadata
-from ..evaluation.fid import TorchScriptFeatures, pipeline_fid, read_captions
-from ..evaluation.geneval import format_summary, generate_folder, read_metadata
+from ..data.webdata import WebDataModule
+from ..evaluation.fid import TorchScriptFeatures, make_fid
+from ..evaluation.geneval import format_summary, read_metadata, write_geneval_folder
 from ..evaluation.shapes import evaluate_folder
 from ..pipeline import FluidPipeline
+from ..sampling import SamplingSettings
 from .common import (
     add_device_argument,
     add_sampling_arguments,
@@ -105,3 +119,86 @@ def run_fid(ns: argparse.Namespace) -> dict:
                           batch_size=ns.batch_size, sampling=sampling_from_arguments(pipe.sampling, ns), progress=not ns.no_progress)
     print(json.dumps(result))
     return result
+
+
+def generate_folder(pipe: FluidPipeline, records: Sequence[Mapping], out: str | os.PathLike, per_prompt: int = 4,
+                    batch_size: int = 16, sampling: SamplingSettings | None = None, progress: bool = True) -> int:
+    """Sample ``per_prompt`` images for every record into GenEval's layout under ``out``; returns the
+    number of images. One seeded random stream runs through all batches: a rerun writes the same images."""
+    if not records:
+        raise ValueError("no prompt records to generate images for")
+    jobs = [(i, n) for i in range(len(records)) for n in range(per_prompt)]  # batched across prompts
+    for i, record in enumerate(records):
+        write_geneval_folder(out, i, record, [])
+    batches = pipe.generate_batches([records[i]["prompt"] for i, _ in jobs], batch_size, sampling, progress=progress)
+    images = (image for batch in batches for image in to_pil(batch))
+    for (i, n), image in zip(jobs, images):
+        image.save(Path(out) / f"{i:05d}" / "samples" / f"{n:05d}.png")
+    return len(jobs)
+
+
+def read_captions(path: str) -> list[str]:
+    """One caption per line (.txt), or JSON lines with a "caption" or "prompt" field."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not path.endswith(".jsonl"):
+        return [line.strip() for line in lines]
+    captions = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON object ({err}); a .jsonl holds one "
+                             '{"caption": ...} per line, a .txt one caption per line') from err
+        captions.append(record.get("caption", record.get("prompt")))
+    return captions
+
+
+def iter_real_images(real: str, image_size: int, batch_size: int) -> Iterator[Tensor]:
+    """Batches of real images in [0, 1]: from a folder of image files (searched recursively) or
+    from WebDataset shards (a folder of .tar files, a glob or a brace pattern)."""
+    files = sorted(p for p in Path(real).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if files:
+        for start in range(0, len(files), batch_size):
+            arrays = []
+            for f in files[start:start + batch_size]:
+                image = Image.open(f).convert("RGB").resize((image_size, image_size), Image.BICUBIC)
+                arrays.append(np.asarray(image))
+            yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+        return
+    data = WebDataModule(train_urls=real, image_size=image_size, batch_size=batch_size, num_workers=0,
+                         resampled=False, epoch_batches=1, random_crop=False)
+    data.setup("fit")
+    for batch in data.train_dataloader():
+        yield (images_to_float(batch["image"]) + 1) / 2
+
+
+def pipeline_fid(pipe: FluidPipeline, prompts: list[str], real: str, feature: nn.Module | None = None,
+                 image_size: int | None = None, batch_size: int = 16, sampling: SamplingSettings | None = None,
+                 progress: bool = True) -> dict:
+    """{"fid", "num_images"}: FID of the pipeline's images for ``prompts`` against the ``real`` images
+    (the MS-COCO 30K protocol: 30K captions, 256² images), at ``image_size`` (default: the model's).
+    ``feature``: the feature net (the standard FID Inception as `TorchScriptFeatures`); without it a
+    random conv net is used and the value is not comparable to papers."""
+    if not prompts:
+        raise ValueError("no captions to generate images for")
+    if feature is None:
+        warnings.warn("no --feature given: FID uses a random conv net; compare only runs scored the same way",
+                      stacklevel=2)
+    device = pipe.device
+    metric = make_fid(feature).to(device)
+    size = image_size or pipe.tokenizer.image_size
+    seen = 0
+    for images in tqdm(iter_real_images(real, size, batch_size), desc="real", disable=not progress):
+        images = images[: len(prompts) - seen]
+        metric.update(images.to(device), real=True)
+        seen += len(images)
+        if seen >= len(prompts):
+            break
+    if seen < len(prompts):
+        warnings.warn(f"{seen} real images for {len(prompts)} generated ones: FID of unequal sets is biased",
+                      stacklevel=2)
+    for fake in pipe.generate_batches(prompts, batch_size, sampling, progress=progress):
+        if fake.shape[-1] != size:
+            fake = torch.nn.functional.interpolate(fake, size=(size, size), mode="bicubic").clamp(0, 1)
+        metric.update(fake.to(device), real=False)
+    return {"fid": float(metric.compute()), "num_images": len(prompts)}

@@ -1,4 +1,4 @@
-"""Image batches as 8-bit pixels or as the [-1, 1] floats the models take.
+"""Image batches as 8-bit pixels or as the [-1, 1] floats the models take, and images for people to see.
 
 `WebDataModule` delivers ``batch["image"]`` as uint8 [B, 3, S, S] by default (``image_dtype="uint8"``):
 a quarter of the bytes to build, pass between processes, pin and copy to the device, and no float
@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
@@ -60,3 +61,42 @@ def collate_pixels(samples: list[dict], image_dtype: str = "uint8") -> dict:
     else:
         raise ValueError(f"image_dtype must be uint8|float32, got {image_dtype!r}")
     return {"image": images, "caption": [s["caption"] for s in samples], "key": [s["key"] for s in samples]}
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    """[B, 3, H, W] in [0, 1] → PIL images."""
+    arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
+
+
+def make_grid(images: list[Image.Image], columns: int | None = None, captions: list[str] | None = None,
+              scale: int = 1) -> Image.Image:
+    """Tile equally sized images into one, row by row (about square by default), each enlarged ``scale``
+    times (nearest neighbour: pixels stay pixels) and, with ``captions``, its caption written under it."""
+    if not images:
+        raise ValueError("make_grid needs at least one image")
+    columns = columns or min(len(images), max(1, int(len(images) ** 0.5 + 0.999)))
+    rows = (len(images) + columns - 1) // columns
+    w, h = images[0].size[0] * scale, images[0].size[1] * scale
+    font = ImageFont.load_default(size=12) if captions else None
+    lines = [_wrap(c, font, w - 4) for c in captions] if captions else []
+    text_h = (max(len(x) for x in lines) * 14 + 4) if lines else 0
+    grid = Image.new("RGB", (columns * w, rows * (h + text_h)), (0, 0, 0) if not captions else (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, image in enumerate(images):
+        x, y = (i % columns) * w, (i // columns) * (h + text_h)
+        grid.paste(image.resize((w, h), Image.Resampling.NEAREST) if scale != 1 else image, (x, y))
+        for k, line in enumerate(lines[i] if lines else []):
+            draw.text((x + 2, y + h + 2 + 14 * k), line, fill=(0, 0, 0), font=font)
+    return grid
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """Words of ``text`` in lines no wider than ``width`` pixels."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]

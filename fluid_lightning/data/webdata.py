@@ -18,7 +18,7 @@ Bad data never stops training: a sample without an image, without a caption, wit
 undecodable image (truncated, not an image) or an unreadable latent is skipped, and a
 shard that cannot be opened or read is warned about and skipped. Every skip is
 counted in `SampleCounters`, shared with the workers, so counts are exact;
-`WebDataModule.stats()` returns them and `DataStatsLogger` logs them.
+`WebDataModule.stats()` returns them and `callbacks.DataStatsLogger` logs them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import random
 import warnings
 from collections.abc import Callable, Iterator
 
-from lightning import Callback, LightningDataModule
+from lightning import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fluid_lightning.data.pixels import collate_pixels
@@ -276,13 +276,3 @@ class WebDataModule(LightningDataModule):
     def stats(self) -> dict[str, int]:
         """Samples delivered and skipped (by reason) on this rank, all workers included."""
         return self.counters.as_dict() if self.counters is not None else dict.fromkeys(COUNTERS, 0)
-
-
-class DataStatsLogger(Callback):
-    """Logs `WebDataModule.stats()` as ``data/<counter>`` (summed over ranks) each epoch."""
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "stats"):
-            stats = {f"data/{k}": float(v) for k, v in datamodule.stats().items()}
-            pl_module.log_dict(stats, sync_dist=True, reduce_fx="sum")

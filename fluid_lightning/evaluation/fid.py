@@ -1,5 +1,5 @@
-"""FID with a feature network of your choice (torchmetrics' FrechetInceptionDistance), and FID of a
-pipeline's images against real ones (``pipeline_fid``, the `evaluate fid` command).
+"""FID with a feature network of your choice (torchmetrics' FrechetInceptionDistance); the `evaluate fid`
+command (``commands/evaluate.py``) feeds it a checkpoint's images and real ones.
 
 torchmetrics' default Inception path needs torch-fidelity (which pulls torchvision, which
 does not import beside this torch) and a download, so the factory takes an `nn.Module`:
@@ -11,22 +11,9 @@ and only Inception-2048 FIDs are comparable with papers.
 
 from __future__ import annotations
 
-import json
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
-
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
-from tqdm.auto import tqdm
-
-from ..data.pixels import images_to_float
-from ..data.webdata import WebDataModule
-from ..pipeline import FluidPipeline
-from ..sampling import SamplingSettings
 
 
 def unit_range(images: Tensor) -> Tensor:
@@ -104,70 +91,3 @@ class TorchScriptFeatures(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         images = unit_range(images)
         return self.net(images * self.input_scale, **self.call_kwargs).flatten(1)
-
-
-def read_captions(path: str) -> list[str]:
-    """One caption per line (.txt), or JSON lines with a "caption" or "prompt" field."""
-    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not path.endswith(".jsonl"):
-        return [line.strip() for line in lines]
-    captions = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON object ({err}); a .jsonl holds one "
-                             '{"caption": ...} per line, a .txt one caption per line') from err
-        captions.append(record.get("caption", record.get("prompt")))
-    return captions
-
-
-def iter_real_images(real: str, image_size: int, batch_size: int) -> Iterator[Tensor]:
-    """Batches of real images in [0, 1]: from a folder of image files (searched recursively) or
-    from WebDataset shards (a folder of .tar files, a glob or a brace pattern)."""
-    files = sorted(p for p in Path(real).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if files:
-        for start in range(0, len(files), batch_size):
-            arrays = []
-            for f in files[start:start + batch_size]:
-                image = Image.open(f).convert("RGB").resize((image_size, image_size), Image.BICUBIC)
-                arrays.append(np.asarray(image))
-            yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
-        return
-    data = WebDataModule(train_urls=real, image_size=image_size, batch_size=batch_size, num_workers=0,
-                         resampled=False, epoch_batches=1, random_crop=False)
-    data.setup("fit")
-    for batch in data.train_dataloader():
-        yield (images_to_float(batch["image"]) + 1) / 2
-
-
-def pipeline_fid(pipe: FluidPipeline, prompts: list[str], real: str, feature: nn.Module | None = None,
-                 image_size: int | None = None, batch_size: int = 16, sampling: SamplingSettings | None = None,
-                 progress: bool = True) -> dict:
-    """{"fid", "num_images"}: FID of the pipeline's images for ``prompts`` against the ``real`` images
-    (the MS-COCO 30K protocol: 30K captions, 256² images), at ``image_size`` (default: the model's).
-    ``feature``: the feature net (the standard FID Inception as `TorchScriptFeatures`); without it a
-    random conv net is used and the value is not comparable to papers."""
-    if not prompts:
-        raise ValueError("no captions to generate images for")
-    if feature is None:
-        warnings.warn("no --feature given: FID uses a random conv net; compare only runs scored the same way",
-                      stacklevel=2)
-    device = pipe.device
-    metric = make_fid(feature).to(device)
-    size = image_size or pipe.tokenizer.image_size
-    seen = 0
-    for images in tqdm(iter_real_images(real, size, batch_size), desc="real", disable=not progress):
-        images = images[: len(prompts) - seen]
-        metric.update(images.to(device), real=True)
-        seen += len(images)
-        if seen >= len(prompts):
-            break
-    if seen < len(prompts):
-        warnings.warn(f"{seen} real images for {len(prompts)} generated ones: FID of unequal sets is biased",
-                      stacklevel=2)
-    for fake in pipe.generate_batches(prompts, batch_size, sampling, progress=progress):
-        if fake.shape[-1] != size:
-            fake = torch.nn.functional.interpolate(fake, size=(size, size), mode="bicubic").clamp(0, 1)
-        metric.update(fake.to(device), real=False)
-    return {"fid": float(metric.compute()), "num_images": len(prompts)}

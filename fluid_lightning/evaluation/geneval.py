@@ -19,8 +19,6 @@ import numpy as np
 from PIL import Image
 
 from ..data.vocabulary import TAGS, relative_position
-from ..pipeline import FluidPipeline, to_pil
-from ..sampling import SamplingSettings
 
 _SAMPLE_NAME = re.compile(r"^\d+\.png$")  # GenEval's evaluate_images.py accepts these names
 
@@ -164,19 +162,3 @@ def format_summary(summary: Mapping) -> str:
         lines.append(f"{tag:<16} = {entry['accuracy']:.2%} ({entry['correct']} / {entry['total']})")
     lines += ["", f"Overall score (avg. over tasks): {summary['overall']:.5f}"]
     return "\n".join(lines)
-
-
-def generate_folder(pipe: FluidPipeline, records: Sequence[Mapping], out: str | os.PathLike, per_prompt: int = 4,
-                    batch_size: int = 16, sampling: SamplingSettings | None = None, progress: bool = True) -> int:
-    """Sample ``per_prompt`` images for every record into GenEval's layout under ``out``; returns the
-    number of images. One seeded random stream runs through all batches: a rerun writes the same images."""
-    if not records:
-        raise ValueError("no prompt records to generate images for")
-    jobs = [(i, n) for i in range(len(records)) for n in range(per_prompt)]  # batched across prompts
-    for i, record in enumerate(records):
-        write_geneval_folder(out, i, record, [])
-    batches = pipe.generate_batches([records[i]["prompt"] for i, _ in jobs], batch_size, sampling, progress=progress)
-    images = (image for batch in batches for image in to_pil(batch))
-    for (i, n), image in zip(jobs, images):
-        image.save(Path(out) / f"{i:05d}" / "samples" / f"{n:05d}.png")
-    return len(jobs)

@@ -28,7 +28,7 @@ from .geneval import evaluate_objects, iter_geneval_folder, summarize
 
 # Colour noise (an untrained model's samples) holds 20-30 components above find_objects' 0.15% floor,
 # and a prompt only asks that one of them be, e.g., a circle: these refuse such images. Thresholds are set by what the renderer
-# (fluid_lightning/data/shapes.py) can draw; benchmarks/eval_shapes_accuracy.py measures them.
+# (fluid_lightning/data/shapes/) can draw; benchmarks/eval_shapes_accuracy.py measures them.
 #
 # Smallest object: a box side is >= 16% of the image (4 objects) and a triangle fills half its
 # box, 1.3% of the image; crowded layouts shrink boxes (0.97 per retry), to 0.6% at the least

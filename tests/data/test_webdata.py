@@ -12,6 +12,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
+from fluid_lightning.callbacks import DataStatsLogger
 from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.data.shards import (
     ShardSink,
@@ -19,7 +20,7 @@ from fluid_lightning.data.shards import (
     write_shapes_shards,
 )
 from fluid_lightning.data.vocabulary import TAGS
-from fluid_lightning.data.webdata import DataStatsLogger, WebDataModule, expand_shard_urls
+from fluid_lightning.data.webdata import WebDataModule, expand_shard_urls
 from fluid_lightning.evaluation.geneval import evaluate_objects
 from fluid_lightning.evaluation.shapes import find_objects
 
