@@ -4,8 +4,9 @@
 a quarter of the bytes to build, pass between processes, pin and copy to the device, and no float
 arithmetic in the loader. Whatever consumes a batch converts it with `images_to_float`, on the device
 the batch is already on; float batches (`ShapesDataModule`, ``image_dtype="float32"``) pass through.
-The conversion is the one the loader used to do per image (``v * float32(1/127.5) - 1`` in float32), so
-a converted uint8 batch equals the float batch of the same images exactly.
+The conversion is the float loaders' own arithmetic (``v * float32(1/127.5) - 1`` in float32), so a
+converted uint8 batch equals the float batch of the same images exactly. ``to_pil`` and ``make_grid``
+turn model output ([B, 3, H, W] in [0, 1]) into images for people.
 """
 
 from __future__ import annotations
