@@ -92,7 +92,7 @@ def build_mar(mar, depth: int, dropout: float):
 def build_ours(depth: int, dropout: float) -> FluidGenerator:
     return FluidGenerator(token_kind="continuous", order="random", grid_size=16, token_dim=TOKEN_DIM, width=WIDTH,
                           depth=depth, num_heads=HEADS, dropout=dropout, text_dim=TEXT_DIM, aligner_depth=1,
-                          head_width=WIDTH, head_depth=3, diffusion_batch_mul=4, num_sampling_timesteps=25)
+                          head_width=WIDTH, head_depth=3, diffusion_batch_mul=4, diffusion_steps=25)
 
 
 # ---- one step of each ---------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ class Runner:
                 self.model.sample_tokens(images, num_iter=16, cfg=cfg, labels=self.labels[:images])
             else:
                 name, diffusion_steps, ar_steps = sampler
-                self.model.sample(self.text[:images], self.text_mask[:images], num_steps=ar_steps, cfg=cfg,
+                self.model.sample(self.text[:images], self.text_mask[:images], steps=ar_steps, cfg=cfg,
                                   diffusion_sampler=name, diffusion_steps=diffusion_steps)
 
     def train_flops(self, draws: int = 8) -> float:

@@ -36,7 +36,7 @@ class SamplingSettings:
 
     Continuous tokens only: ``diffusion_sampler`` is ``ddpm`` (ancestral, MAR's) or a fewer-step ODE
     solver from diffusers (``ddim``, ``dpm++``), over ``diffusion_steps`` timesteps (None: the head's
-    ``num_sampling_timesteps``) spaced as ``timestep_spacing`` says (``linspace``: both ends, MAR's;
+    ``diffusion_steps``) spaced as ``timestep_spacing`` says (``linspace``: both ends, MAR's;
     ``leading``: never the cosine schedule's singular last step; ``trailing``)."""
 
     steps: int = 64
@@ -89,9 +89,9 @@ def generate_images(generator: FluidGenerator, tokenizer: nn.Module, text_encode
     try:
         text, text_mask = text_encoder(list(prompts))
         tokens = generator.sample(
-            text.to(dtype_of(generator)), text_mask, num_steps=settings.steps, cfg=settings.cfg,
+            text.to(dtype_of(generator)), text_mask, steps=settings.steps, cfg=settings.cfg,
             cfg_schedule=settings.cfg_schedule, temperature=settings.temperature, top_k=settings.top_k,
-            use_kv_cache=settings.kv_cache, rng=rng, progress=progress, diffusion_steps=settings.diffusion_steps,
+            kv_cache=settings.kv_cache, rng=rng, progress=progress, diffusion_steps=settings.diffusion_steps,
             diffusion_sampler=settings.diffusion_sampler, timestep_spacing=settings.timestep_spacing, on_step=on_step,
         )
         images = tokenizer.decode(tokens.to(dtype_of(tokenizer)) if tokens.is_floating_point() else tokens)

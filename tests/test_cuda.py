@@ -36,8 +36,8 @@ def test_a_cpu_generator_drives_cuda_sampling_like_on_the_cpu(text):
     torch.manual_seed(0)
     gen = tiny_generator(grid_size=4).eval()
     emb, mask = text
-    on_cpu = gen.sample(emb, mask, num_steps=4, cfg=2.0, rng=torch.Generator().manual_seed(0))
-    on_gpu = gen.cuda().sample(emb.cuda(), mask.cuda(), num_steps=4, cfg=2.0, rng=torch.Generator().manual_seed(0))
+    on_cpu = gen.sample(emb, mask, steps=4, cfg=2.0, rng=torch.Generator().manual_seed(0))
+    on_gpu = gen.cuda().sample(emb.cuda(), mask.cuda(), steps=4, cfg=2.0, rng=torch.Generator().manual_seed(0))
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-3)
 

@@ -88,7 +88,7 @@ def test_parallelize_shards_every_block_keeps_names_and_trains(one_process_group
         # Every parameter gets a gradient (the null condition a zero one when no caption was dropped).
         torch.testing.assert_close(p.grad.full_tensor(), q.grad, msg=name)
     with gathered(generator):  # sampling bypasses forward: the root must be gathered explicitly
-        out = generator.sample(text[:2], mask[:2], num_steps=2, cfg=2.0, rng=torch.Generator().manual_seed(0))
+        out = generator.sample(text[:2], mask[:2], steps=2, cfg=2.0, rng=torch.Generator().manual_seed(0))
     assert out.shape == (2, 16, 6) and torch.isfinite(out).all()
 
 

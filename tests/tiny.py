@@ -38,7 +38,7 @@ def tiny_generator(token_kind: str = "continuous", order: str = "random", grid_s
     kwargs = dict(
         token_kind=token_kind, order=order, grid_size=grid_size, token_dim=6, vocab_size=11, width=32, depth=2,
         num_heads=4, dropout=0.0, text_dim=TINY_T5["d_model"], aligner_depth=1, head_width=32, head_depth=2,
-        num_sampling_timesteps=10,
+        diffusion_steps=10,
     )
     kwargs.update(overrides)
     return FluidGenerator(**kwargs)

@@ -27,7 +27,8 @@ _T5_NEW = "fluid_lightning.models.text.T5TextEncoder"
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     """A module config written by an earlier version, in today's names (a copy; current ones pass
     unchanged): ``sample_steps/cfg/temperature`` → ``sampling``, the generator's ``tokens`` →
-    ``token_kind``, ``FrozenT5(freeze)`` → ``T5TextEncoder(trainable)``."""
+    ``token_kind`` and ``num_sampling_timesteps`` → ``diffusion_steps``, ``FrozenT5(freeze)`` →
+    ``T5TextEncoder(trainable)``."""
     hparams = copy.deepcopy(dict(hparams))
     old_sampling = {new: hparams.pop(old) for old, new in
                     (("sample_steps", "steps"), ("sample_cfg", "cfg"), ("sample_temperature", "temperature"))
@@ -35,8 +36,9 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     if old_sampling:
         hparams["sampling"] = {**old_sampling, **dict(hparams.get("sampling") or {})}
     generator = hparams.get("generator")
-    if isinstance(generator, dict) and "tokens" in generator.get("init_args", {}):
-        generator["init_args"]["token_kind"] = generator["init_args"].pop("tokens")
+    for old, new in (("tokens", "token_kind"), ("num_sampling_timesteps", "diffusion_steps")):
+        if isinstance(generator, dict) and old in generator.get("init_args", {}):
+            generator["init_args"][new] = generator["init_args"].pop(old)
     text = hparams.get("text_encoder")
     if isinstance(text, dict) and text.get("class_path") == _T5_OLD:
         text["class_path"] = _T5_NEW

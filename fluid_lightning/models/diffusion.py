@@ -41,24 +41,24 @@ def make_betas(schedule: str, num_steps: int) -> Tensor:
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
-def space_timesteps(num_train_steps: int, num_sampling_steps: int, spacing: str = "linspace") -> list[int]:
+def space_timesteps(num_train_steps: int, diffusion_steps: int, spacing: str = "linspace") -> list[int]:
     """The training timesteps sampling visits, as diffusers spaces them: ``linspace`` spreads them over
     0..T-1, both ends included (MAR's respacing); ``leading`` takes every (T // N)-th from 0, so the
     noisiest is T - T // N; ``trailing`` counts down from T - 1 in steps of T / N. The cosine
     schedule's last step is singular (β capped at 0.999 leaves ᾱ = 2.4e-9 at T - 1, and the first
     sampling step multiplies the ε error by ~2·10⁴): ``leading`` never visits it."""
-    if not 1 <= num_sampling_steps <= num_train_steps:
-        raise ValueError(f"num_sampling_steps must be in [1, {num_train_steps}], got {num_sampling_steps}")
+    if not 1 <= diffusion_steps <= num_train_steps:
+        raise ValueError(f"diffusion_steps must be in [1, {num_train_steps}], got {diffusion_steps}")
     if spacing == "linspace":
-        if num_sampling_steps == 1:
+        if diffusion_steps == 1:
             return [num_train_steps - 1]
-        stride = (num_train_steps - 1) / (num_sampling_steps - 1)
-        return [round(i * stride) for i in range(num_sampling_steps)]
+        stride = (num_train_steps - 1) / (diffusion_steps - 1)
+        return [round(i * stride) for i in range(diffusion_steps)]
     if spacing == "leading":
-        return [i * (num_train_steps // num_sampling_steps) for i in range(num_sampling_steps)]
+        return [i * (num_train_steps // diffusion_steps) for i in range(diffusion_steps)]
     if spacing == "trailing":
-        stride = num_train_steps / num_sampling_steps
-        return sorted(round(num_train_steps - i * stride) - 1 for i in range(num_sampling_steps))
+        stride = num_train_steps / diffusion_steps
+        return sorted(round(num_train_steps - i * stride) - 1 for i in range(diffusion_steps))
     raise ValueError(f"timestep spacing must be one of {', '.join(map(repr, TIMESTEP_SPACINGS))}, got {spacing!r}")
 
 
@@ -137,13 +137,13 @@ class GaussianDiffusion:
     def betas(self) -> Tensor:
         return self._t["betas"]
 
-    def respaced(self, num_sampling_steps: int, spacing: str = "linspace") -> GaussianDiffusion:
-        """The same schedule on ``num_sampling_steps`` spaced training timesteps (MAR: 100 of 1000)."""
+    def respaced(self, diffusion_steps: int, spacing: str = "linspace") -> GaussianDiffusion:
+        """The same schedule on ``diffusion_steps`` spaced training timesteps (MAR: 100 of 1000)."""
         return GaussianDiffusion(
             self.num_train_steps,
             self.noise_schedule,
             self.learn_sigma,
-            use_timesteps=space_timesteps(self.num_train_steps, num_sampling_steps, spacing),
+            use_timesteps=space_timesteps(self.num_train_steps, diffusion_steps, spacing),
             sigma_small=self.sigma_small,
             prediction_type=self.prediction_type,
         )

@@ -42,15 +42,15 @@ def truncated_normal(
 CFG_SCHEDULES = ("linear", "constant")
 
 
-def cosine_mask_schedule(num_tokens: int, num_steps: int) -> list[int]:
+def cosine_mask_schedule(num_tokens: int, steps: int) -> list[int]:
     """How many tokens stay masked after each step: ⌊N·cos(π/2·(k+1)/K)⌋, clamped so every step
     reveals at least one token and only the last step reveals the rest (MAR)."""
     remaining, counts = num_tokens, []
-    for k in range(num_steps):
-        if k == num_steps - 1:
+    for k in range(steps):
+        if k == steps - 1:
             n_next = 0
         else:
-            n_next = math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / num_steps))
+            n_next = math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / steps))
             n_next = max(1, min(remaining - 1, n_next)) if remaining > 1 else 0
         counts.append(n_next)
         remaining = n_next
@@ -82,7 +82,7 @@ class FluidGenerator(nn.Module):
         head_depth: int = 6,
         diffusion_batch_mul: int = 4,
         num_train_timesteps: int = 1000,
-        num_sampling_timesteps: int = 100,
+        diffusion_steps: int = 100,
         noise_schedule: str = "cosine",
         learn_sigma: bool = True,
         prediction_type: Literal["epsilon", "v"] = "epsilon",
@@ -96,6 +96,9 @@ class FluidGenerator(nn.Module):
         each predicted token's condition against the token itself, a low-noise signal that teaches the
         transformer what a token's context implies; the diffusion head alone gets it only through
         its noisy per-timestep loss. 0 (MAR, Fluid) leaves it out.
+
+        ``diffusion_steps``: the diffusion head's steps per token when sampling, unless the sampling
+        settings say otherwise (``SamplingSettings.diffusion_steps``).
 
         ``pooled_text``: adds a learned projection of the mean of the aligned caption to every position's
         output, so the head reads the caption directly as well as through cross-attention (False in
@@ -128,7 +131,7 @@ class FluidGenerator(nn.Module):
         self.register_load_state_dict_pre_hook(_rename_special_token)
         if token_kind == "continuous":
             self.head = DiffusionHead(
-                token_dim, width, head_width, head_depth, num_train_timesteps, num_sampling_timesteps,
+                token_dim, width, head_width, head_depth, num_train_timesteps, diffusion_steps,
                 noise_schedule, diffusion_batch_mul, learn_sigma, prediction_type,
             )
         else:
@@ -234,12 +237,12 @@ class FluidGenerator(nn.Module):
         self,
         text: Tensor,
         text_mask: Tensor,
-        num_steps: int = 64,
+        steps: int = 64,
         cfg: float = 1.0,
         cfg_schedule: Literal[CFG_SCHEDULES] = "linear",
         temperature: float = 1.0,
         top_k: int | None = None,
-        use_kv_cache: bool = True,
+        kv_cache: bool = True,
         guidance: bool | None = None,
         rng: torch.Generator | None = None,
         progress: bool = False,
@@ -252,7 +255,7 @@ class FluidGenerator(nn.Module):
 
         ``cfg`` is the guidance scale; guidance doubles the batch with the null condition and is on
         whenever ``cfg != 1`` unless ``guidance`` says otherwise. The linear schedule ramps the scale
-        from 1 to ``cfg`` with the fraction of tokens revealed (MAR). ``num_steps`` applies to
+        from 1 to ``cfg`` with the fraction of tokens revealed (MAR). ``steps`` applies to
         random order (capped at N); raster order always takes N steps. ``diffusion_*`` and
         ``timestep_spacing`` choose how the diffusion head samples each token (`DiffusionHead.sample`).
         ``on_step(tokens, still_masked)`` sees the tokens after every step (to watch a sample form).
@@ -281,15 +284,15 @@ class FluidGenerator(nn.Module):
             )
 
         if self.order == "random":
-            return self._sample_random(out, ctx, ctx_mask, num_steps, guided, predict, rng, progress, on_step)
-        return self._sample_raster(out, ctx, ctx_mask, use_kv_cache, guided, predict, progress, on_step)
+            return self._sample_random(out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step)
+        return self._sample_raster(out, ctx, ctx_mask, kv_cache, guided, predict, progress, on_step)
 
-    def _sample_random(self, out, ctx, ctx_mask, num_steps, guided, predict, rng, progress, on_step) -> Tensor:
+    def _sample_random(self, out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step) -> Tensor:
         b, n = out.shape[:2]
         scores = draws.uniform((b, n), out.device, rng)
         rank = scores.argsort(dim=1).argsort(dim=1)
         masked = torch.ones(b, n, dtype=torch.bool, device=out.device)
-        schedule = cosine_mask_schedule(n, min(num_steps, n))
+        schedule = cosine_mask_schedule(n, min(steps, n))
         text_cache = KVCache.empty(self.depth, self_attention=False)  # text keys/values, projected once
         for n_next in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
             z = self.conditions(torch.cat([out, out]) if guided else out, torch.cat([masked, masked]) if guided else masked,
@@ -305,13 +308,13 @@ class FluidGenerator(nn.Module):
                 on_step(out.clone(), masked.clone())
         return out
 
-    def _sample_raster(self, out, ctx, ctx_mask, use_kv_cache, guided, predict, progress, on_step) -> Tensor:
+    def _sample_raster(self, out, ctx, ctx_mask, kv_cache, guided, predict, progress, on_step) -> Tensor:
         b, n = out.shape[:2]
         rows = 2 * b if guided else b
-        cache = KVCache.empty(self.depth) if use_kv_cache else None
+        cache = KVCache.empty(self.depth) if kv_cache else None
         start = self.start_token.expand(rows, 1, -1).to(ctx.dtype)
         for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
-            if use_kv_cache:
+            if kv_cache:
                 prev = start if i == 0 else self.embed(out[:, i - 1 : i]).to(ctx.dtype)
                 if guided and i > 0:
                     prev = torch.cat([prev, prev])

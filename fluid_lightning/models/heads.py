@@ -141,7 +141,7 @@ class DiffusionHead(nn.Module):
         width: int = 1024,
         depth: int = 3,
         num_train_steps: int = 1000,
-        num_sampling_steps: int = 100,
+        diffusion_steps: int = 100,
         noise_schedule: str = "cosine",
         batch_mul: int = 4,
         learn_sigma: bool = True,
@@ -156,7 +156,7 @@ class DiffusionHead(nn.Module):
         # Plain attributes, not buffers: the schedules are constants, rebuilt from the constructor args.
         self.train_diffusion = GaussianDiffusion(num_train_steps, noise_schedule, learn_sigma,
                                                  prediction_type=prediction_type)
-        self.num_sampling_steps = num_sampling_steps
+        self.diffusion_steps = diffusion_steps
         self._respaced: dict[tuple[int, str], GaussianDiffusion] = {}  # per (steps, spacing), built on first use
 
     def loss(self, target: Tensor, cond: Tensor, rng: torch.Generator | None = None) -> Tensor:
@@ -188,7 +188,7 @@ class DiffusionHead(nn.Module):
         linear in ε at a given x_t) and the conditional variance.
         ``diffusion_sampler``: ``ddpm`` (ancestral, MAR's) or a fewer-step ODE solver (``ddim``,
         ``dpm++``, see `GaussianDiffusion.solve`), over ``diffusion_steps`` (default: the head's
-        ``num_sampling_steps``) training timesteps spaced by ``timestep_spacing``.
+        ``diffusion_steps``) training timesteps spaced by ``timestep_spacing``.
         """
         cond_embedding = self.net.embed_condition(cond)  # once, not per diffusion step
         if cfg is None:
@@ -209,7 +209,7 @@ class DiffusionHead(nn.Module):
                 eps = eps_u + cfg * (eps_c - eps_u)
                 return torch.cat([eps, out_c[:, self.token_dim :]], dim=-1)
 
-        steps = diffusion_steps or self.num_sampling_steps
+        steps = diffusion_steps or self.diffusion_steps
         if diffusion_sampler != "ddpm":
             return self.train_diffusion.solve(model_fn, (m, self.token_dim), diffusion_sampler, steps, timestep_spacing,
                                               cond.device, temperature, rng)

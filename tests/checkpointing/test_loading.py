@@ -40,6 +40,7 @@ def test_a_checkpoint_written_before_the_renames_resumes_through_the_cli(tmp_pat
     config = (OLD / "pre_house_generator.yaml").read_text().replace("tokens:", "token_kind:")  # today's names
     config = config.replace("FrozenT5", "T5TextEncoder").replace("sample_steps: 4\n    sample_cfg: 2.0",
                                                                  "sampling: {steps: 4, cfg: 2.0}")
+    config = config.replace("num_sampling_timesteps", "diffusion_steps")
     (tmp_path / "config.yaml").write_text(config)
     main(["fit", "--config", str(tmp_path / "config.yaml"), "--trainer.max_steps=3",
           "--checkpoint.dirpath", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
@@ -51,11 +52,12 @@ def test_a_checkpoint_written_before_the_renames_resumes_through_the_cli(tmp_pat
 
 def test_upgrade_renames_old_keys_and_leaves_current_configs_alone():
     old = {"sample_steps": 8, "sample_temperature": 0.5, "lr": 1.0,
-           "generator": {"class_path": "x.FluidGenerator", "init_args": {"tokens": "discrete", "width": 4}},
+           "generator": {"class_path": "x.FluidGenerator",
+                         "init_args": {"tokens": "discrete", "width": 4, "num_sampling_timesteps": 7}},
            "text_encoder": {"class_path": "fluid_lightning.models.text.FrozenT5", "init_args": {"freeze": False}}}
     new = upgrade_hparams(old)
     assert new["sampling"] == {"steps": 8, "temperature": 0.5} and "sample_steps" not in new
-    assert new["generator"]["init_args"] == {"token_kind": "discrete", "width": 4}
+    assert new["generator"]["init_args"] == {"token_kind": "discrete", "width": 4, "diffusion_steps": 7}
     assert new["text_encoder"] == {"class_path": "fluid_lightning.models.text.T5TextEncoder",
                                    "init_args": {"trainable": True}}
     assert old["generator"]["init_args"]["tokens"] == "discrete"  # a copy: the caller's dict is untouched

@@ -117,7 +117,7 @@ def test_sampling_settings_are_kept_as_plain_data_and_drive_log_images():
     sample = module.sampling_generator.sample
     module.sampling_generator.sample = lambda *args, **kwargs: seen.update(kwargs) or sample(*args, **kwargs)
     module.log_images(batch, settings.replace(temperature=0.1, cfg_schedule="constant", top_k=3))
-    assert (seen["num_steps"], seen["cfg"], seen["temperature"], seen["cfg_schedule"], seen["top_k"]) == (
+    assert (seen["steps"], seen["cfg"], seen["temperature"], seen["cfg_schedule"], seen["top_k"]) == (
         3, 1.5, 0.1, "constant", 3)
 
 

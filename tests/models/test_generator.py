@@ -92,7 +92,7 @@ def test_raster_kv_cache_gives_exactly_the_uncached_tokens(tokens, cfg, text):
     emb = emb.double()
 
     def run(use_cache):
-        return gen.sample(emb, mask, cfg=cfg, use_kv_cache=use_cache, rng=torch.Generator().manual_seed(3))
+        return gen.sample(emb, mask, cfg=cfg, kv_cache=use_cache, rng=torch.Generator().manual_seed(3))
 
     cached, uncached = run(True), run(False)
     if tokens == "discrete":
@@ -114,7 +114,7 @@ def test_random_order_text_keys_projected_once_give_the_recomputed_tokens(tokens
 
     def run():
         projections.clear()
-        return gen.sample(emb, mask, num_steps=4, cfg=3.0, rng=torch.Generator().manual_seed(3))
+        return gen.sample(emb, mask, steps=4, cfg=3.0, rng=torch.Generator().manual_seed(3))
 
     cached = run()
     assert len(projections) == 1  # once per sample, not once per step
@@ -129,7 +129,7 @@ def test_same_seed_same_tokens_and_other_seed_differs(tokens, order, text):
     emb, mask = text
 
     def run(seed):
-        return gen.sample(emb, mask, num_steps=4, cfg=2.0, rng=torch.Generator().manual_seed(seed))
+        return gen.sample(emb, mask, steps=4, cfg=2.0, rng=torch.Generator().manual_seed(seed))
 
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b)
@@ -148,7 +148,7 @@ def test_random_draws_do_not_depend_on_the_default_dtype(tokens, text):
         g = torch.Generator().manual_seed(0)
         order_mask = gen.random_mask(64, "cpu", g)
         loss = gen.train()(target, emb, mask, rng=g)
-        return order_mask, loss, gen.eval().sample(emb, mask, num_steps=4, rng=g)
+        return order_mask, loss, gen.eval().sample(emb, mask, steps=4, rng=g)
 
     expected = draws()
     torch.set_default_dtype(torch.bfloat16)  # what Lightning's bf16-true does around every step
@@ -168,7 +168,7 @@ def test_guidance_at_scale_one_equals_unguided_sampling(tokens, order, text):
     emb = emb.double()
 
     def run(guidance):
-        return gen.sample(emb, mask, num_steps=4, cfg=1.0, guidance=guidance, rng=torch.Generator().manual_seed(2))
+        return gen.sample(emb, mask, steps=4, cfg=1.0, guidance=guidance, rng=torch.Generator().manual_seed(2))
 
     guided, plain = run(True), run(False)
     if tokens == "discrete":
@@ -182,8 +182,8 @@ def test_guidance_changes_samples(text):
     gen = tiny_generator("discrete", "random").eval()
     torch.nn.init.normal_(gen.text.null, std=1.0)  # make the null condition differ from the captions
     emb, mask = text
-    a = gen.sample(emb, mask, num_steps=4, cfg=1.0, rng=torch.Generator().manual_seed(2))
-    b = gen.sample(emb, mask, num_steps=4, cfg=8.0, rng=torch.Generator().manual_seed(2))
+    a = gen.sample(emb, mask, steps=4, cfg=1.0, rng=torch.Generator().manual_seed(2))
+    b = gen.sample(emb, mask, steps=4, cfg=8.0, rng=torch.Generator().manual_seed(2))
     assert not torch.equal(a, b)
 
 
@@ -208,7 +208,7 @@ def test_on_step_sees_every_step_and_the_last_one_is_the_sample(order, text):
     torch.manual_seed(0)
     gen = tiny_generator("discrete", order).eval()
     frames = []
-    out = gen.sample(*text, num_steps=4, rng=torch.Generator().manual_seed(0),
+    out = gen.sample(*text, steps=4, rng=torch.Generator().manual_seed(0),
                      on_step=lambda tokens, masked: frames.append((tokens, masked)))
     assert len(frames) == (4 if order == "random" else gen.num_tokens)
     revealed = [int((~masked).sum()) for _, masked in frames]

@@ -135,7 +135,7 @@ def test_timestep_spacings_follow_diffusers() -> None:
 def _briefly_trained_cosine_head(prediction_type: str) -> tuple[DiffusionHead, torch.Tensor]:
     """A small head trained 300 steps on the two-Gaussian toy, and the condition of the first Gaussian."""
     torch.manual_seed(0)
-    head = DiffusionHead(2, 2, width=64, depth=2, noise_schedule="cosine", num_sampling_steps=50,
+    head = DiffusionHead(2, 2, width=64, depth=2, noise_schedule="cosine", diffusion_steps=50,
                          prediction_type=prediction_type)
     opt = torch.optim.Adam(head.parameters(), lr=2e-3)
     g = _gen(0)
@@ -198,7 +198,7 @@ def test_diffusion_head_learns_conditional_gaussians(learn_sigma: bool) -> None:
 
 
 def test_diffusion_head_sampling_is_seeded() -> None:
-    head = DiffusionHead(3, 4, width=32, depth=2, num_sampling_steps=10)
+    head = DiffusionHead(3, 4, width=32, depth=2, diffusion_steps=10)
     _randomise(head)
     cond = torch.randn(5, 4, generator=_gen(0))
     a = head.sample(cond, rng=_gen(7))
@@ -211,7 +211,7 @@ def test_diffusion_head_sampling_is_seeded() -> None:
 
 @pytest.mark.parametrize("learn_sigma", [True, False])
 def test_diffusion_head_cfg_one_equals_conditional(learn_sigma: bool) -> None:
-    head = DiffusionHead(3, 4, width=32, depth=2, num_sampling_steps=10, learn_sigma=learn_sigma)
+    head = DiffusionHead(3, 4, width=32, depth=2, diffusion_steps=10, learn_sigma=learn_sigma)
     _randomise(head, std=0.1)
     cond = torch.randn(6, 4, generator=_gen(0))
     uncond = torch.randn(1, 4, generator=_gen(1)).expand(6, 4)
@@ -283,7 +283,7 @@ def test_time_embedding_looked_up_per_timestep_equals_it_per_row_with_the_same_g
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpm++"])
 def test_sampling_embeds_each_diffusion_step_once_as_if_per_row(sampler: str) -> None:
-    head = DiffusionHead(3, 4, width=32, depth=2, num_sampling_steps=10)
+    head = DiffusionHead(3, 4, width=32, depth=2, diffusion_steps=10)
     _randomise(head, std=0.1)
     cond = torch.randn(12, 4, generator=_gen(0))  # [cond; uncond] of 6 tokens under cfg
     rows: list[int] = []
