@@ -86,7 +86,7 @@ def test_the_readme_layout_matches_the_package():
     for name in top:
         assert (ROOT / name).exists() or name == "runs", f"README layout lists {name}/"
     package = {p.name.removesuffix(".py") for p in (ROOT / "fluid_lightning").iterdir()
-               if not p.name.startswith("_") and p.name != "assets" and (p.suffix == ".py" or p.is_dir())}
+               if not p.name.startswith("_") and (p.suffix == ".py" or p.is_dir())}
     assert {name.removesuffix(".py") for name in listed} == package
 
 
