@@ -41,9 +41,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def notebooks(session: nox.Session) -> None:
-    """Executes every notebook under notebooks/."""
+    """Executes every notebook under notebooks/ (CI: they still run). The notebooks are committed with
+    their outputs, so a code host shows the pictures: `nox -s notebooks -- --overwrite` writes them back."""
     install(session)
-    session.run("pytest", "--nbmake", "-p", "no:cacheprovider", "-o", "addopts=", "notebooks", env=ENV)
+    session.run("pytest", "--nbmake", "-p", "no:cacheprovider", "-o", "addopts=", *session.posargs, "notebooks",
+                env=ENV)
 
 
 @nox.session
