@@ -1,17 +1,13 @@
 """The command line as a user drives it: the README's quickstart end to end (shortened), `predict`,
-`validate` and `test`, `--help`, one-line errors for bad input, and progress that shows in log files."""
+`validate` and `test`, `--help`, and one-line errors for bad input."""
 
-import os
 import re
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny import CONF, ROOT
+from tiny import CONF
 
 from fluid_lightning.checkpointing import safe_load
 from fluid_lightning.cli import lightning_cli, main
@@ -119,28 +115,6 @@ def test_more_bad_input_is_named_before_any_work(tmp_path, monkeypatch):
         main(["tokenizer", "stats", "--tokenizer", "my_kll", "--shapes", "4"])
 
 
-def test_a_log_file_shows_progress_lines_while_training(tmp_path):
-    """stdout to a file (SLURM, nohup): plain progress lines, flushed as they are written, not a tqdm bar."""
-    log = tmp_path / "log.txt"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fluid_lightning", "fit", *config_args(*BASE, CONF / "model/tiny_maskgit.yaml"),
-             "--trainer.max_steps=400", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=2",
-             "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=fluid_lightning.callbacks.LineProgress",
-             "--trainer.callbacks.interval=0.5"],
-            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, stdout=out,
-            stderr=subprocess.STDOUT)
-        try:
-            deadline = time.time() + 120
-            while not re.search(r"step \d+/400 .*train/loss .*steps/s.*eta", log.read_text()):
-                assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
-        finally:
-            proc.kill()
-            proc.wait()
-    assert "\r" not in log.read_text()
-
-
 def test_a_second_run_into_a_folder_of_checkpoints_is_refused_and_a_damaged_last_names_the_good_one(tmp_path):
     tiny = [*config_args(*BASE, CONF / "model/tiny_fluid.yaml"), "--trainer.max_steps=1",
             "--trainer.default_root_dir", str(tmp_path)]
@@ -154,6 +128,6 @@ def test_a_second_run_into_a_folder_of_checkpoints_is_refused_and_a_damaged_last
                                          r"earlier run \(epoch=0-step=2.ckpt, last.ckpt\).*--ckpt_path last"):
         main(["fit", *tiny])
     with pytest.raises(SystemExit, match=f"{folder / 'last.ckpt'} is not a PyTorch checkpoint.*the newest readable "
-                                         f"checkpoint beside it is {good}: resume with --ckpt_path {good}"):
+                                         f"checkpoint beside it is {good}$"):
         main(["fit", *tiny, "--ckpt_path", "last"])
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing was overwritten

@@ -98,8 +98,7 @@ def check_torch_file(path: str | Path) -> None:
     """A clear error for a file that ``torch.load`` cannot read at all (it would fail deep inside)."""
     if Path(path).is_file() and not is_torch_file(path):
         beside = newest_readable_checkpoint(Path(path).parent, exclude=Path(path))
-        hint = (f"; the newest readable checkpoint beside it is {beside}: resume with --ckpt_path {beside}"
-                if beside is not None else "")
+        hint = f"; the newest readable checkpoint beside it is {beside}" if beside is not None else ""
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive, and this file is "
                               f"truncated or in another format (a safetensors file must be named *.safetensors){hint}")
 

@@ -87,7 +87,7 @@ def check_sharded_checkpoint(folder: str | Path) -> None:
     index = folder / ".metadata"
     if not index.is_file() or not (folder / "meta.pt").is_file():
         beside = newest_readable_checkpoint(folder.parent, exclude=folder)
-        hint = f": resume with --ckpt_path {beside}" if beside is not None else ""
+        hint = f"; the newest readable checkpoint beside it is {beside}" if beside is not None else ""
         raise CheckpointError(f"{folder} is a directory but not a whole sharded Lightning checkpoint (it needs "
                               f".metadata and meta.pt){hint}")
     safe_load(folder / "meta.pt")
