@@ -42,6 +42,6 @@ def load_generator_config(path: str | Path, base: list[str | Path] = ()) -> dict
         generator = config["model"]["init_args"]["generator"]
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path} has no model.init_args.generator entry") from err
-    if isinstance(generator, dict) and "class_path" not in generator:
-        generator = {"class_path": FLUID_GENERATOR, "init_args": generator}
+    if isinstance(generator, dict) and "class_path" not in generator:  # a size overlay read on its own
+        generator = {"class_path": FLUID_GENERATOR, "init_args": generator.get("init_args", generator)}
     return generator

@@ -5,8 +5,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from tiny import TINY_T5  # noqa: E402
+from tiny import SHARD_IMAGE_SIZE, TINY_T5  # noqa: E402
 
+from fluid_lightning.data.shards import write_shapes_shards  # noqa: E402
 from fluid_lightning.models import T5TextEncoder  # noqa: E402
 
 
@@ -29,3 +30,12 @@ def tiny_t5() -> T5TextEncoder:
 @pytest.fixture
 def text(tiny_t5):
     return tiny_t5(["a photo of a red circle", "a photo of two squares", "a photo of a blue triangle"])
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    """Shapes-world WebDataset shards written once: 80 training scenes in 8 shards, 12 validation ones."""
+    out = tmp_path_factory.mktemp("shapes_shards")
+    stats = write_shapes_shards(out, n=80, val_n=12, size=SHARD_IMAGE_SIZE, shard_size=10, progress=False)
+    assert stats["train"]["written"] == 80 and len(stats["train"]["shards"]) == 8
+    return out, stats

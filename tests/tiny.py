@@ -5,12 +5,18 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast
 
+from fluid_lightning.cli import lightning_cli
+from fluid_lightning.data.pixels import images_to_float
 from fluid_lightning.data.shapes import ShapesDataset, evaluation_suite, geneval_metadata, render_scene
+from fluid_lightning.data.webdata import WebDataModule
 from fluid_lightning.evaluation.geneval import write_geneval_folder
 from fluid_lightning.lit.generator_module import GeneratorModule
 from fluid_lightning.models import (
@@ -112,3 +118,56 @@ def write_rendered_suite(root: Path, per_prompt: int = 2, wrong_every: int = 0) 
             images[0] = Image.new("RGB", (64, 64), (128, 128, 128))  # nothing drawn
         write_geneval_folder(root, i, record, images)
     return records
+
+
+SHARD_IMAGE_SIZE = 32  # the shards the `shapes_dir` fixture (conftest.py) writes
+
+
+def web_data(urls, **overrides) -> WebDataModule:
+    """A WebDataModule on test shards: small batches, no workers, one pass."""
+    args = dict(image_size=SHARD_IMAGE_SIZE, batch_size=4, num_workers=0, shuffle_buffer=8, pin_memory=False,
+                persistent_workers=False, resampled=False)
+    args.update(overrides)
+    return WebDataModule(urls, **args)
+
+
+class DataOnlyModule(L.LightningModule):
+    """Just enough of a model to drive uint8 shard batches through a Trainer."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        size = SHARD_IMAGE_SIZE
+        assert batch["image"].shape[1:] == (3, size, size) and len(batch["caption"]) == batch["image"].shape[0]
+        assert batch["image"].dtype == torch.uint8
+        return (self.weight - images_to_float(batch["image"]).mean()).pow(2)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def tiny_fluid_and_shapes():
+    """The tiny Fluid config's module and a 64-scene shapes data module, built as the CLI builds them."""
+    cli = lightning_cli(["--config", str(CONF / "trainer/cpu.yaml"), "--config", str(CONF / "data/shapes.yaml"),
+                         "--config", str(CONF / "model/tiny_fluid.yaml"), "--trainer.logger=false",
+                         "--data.init_args.batch_size=4", "--data.init_args.num_train=64"], run=False)
+    return cli.model, cli.datamodule
+
+
+def fit_logged(tmp_path: Path, callbacks: list, max_steps: int = 3) -> Path:
+    """A few steps of the tiny Fluid with ``callbacks`` and a TensorBoard logger; its log folder."""
+    model, data = tiny_fluid_and_shapes()
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, limit_val_batches=0, logger=logger,
+                        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1, default_root_dir=str(tmp_path))
+    trainer.fit(model, data)
+    return Path(logger.log_dir)
+
+
+def tensorboard_events(log_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    return events

@@ -1,5 +1,5 @@
 """Map-style loading whose position Lightning checkpoints, so a run resumed mid-epoch trains on
-exactly the batches an uninterrupted run would have (tested in tests/test_reliability.py).
+exactly the batches an uninterrupted run would have (tests/data/test_resumable.py).
 
 - ``ResumableSampler``: torch's ``DistributedSampler`` (a seed + epoch permutation, this rank's
   slice; Lightning calls ``set_epoch`` every epoch, a resumed one included, and leaves samplers of

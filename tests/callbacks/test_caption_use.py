@@ -1,5 +1,5 @@
 """CaptionUse: caption/shuffle_gap and caption/spread reach the logger at validation, and tell a model
-that reads its caption from one that does not."""
+that reads its caption from one that does not. The two measures themselves: tests/evaluation/test_caption_use.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch
 from tiny import TINY_T5, tiny_generator
 
 from fluid_lightning.callbacks.caption_use import CaptionUse
-from fluid_lightning.evaluation.caption_use import condition_spread, first_of_each, shuffle_gap
 from fluid_lightning.lit.generator_module import GeneratorModule
 from fluid_lightning.models import PixelPatchTokenizer, T5TextEncoder
 
@@ -65,33 +64,3 @@ def test_a_model_that_learns_its_caption_shows_a_gap_and_a_spread_an_untrained_o
     assert abs(before["caption/shuffle_gap"]) < 0.05
     assert after["caption/shuffle_gap"] > 0.3
     assert after["caption/spread"] > 3 * before["caption/spread"]
-
-
-def test_a_generator_blind_to_text_gives_zero_gap_and_zero_spread():
-    torch.manual_seed(0)
-    generator = tiny_generator(grid_size=2, token_dim=6).eval()
-    for p in generator.text.parameters():  # the aligned text is the same for every caption
-        torch.nn.init.zeros_(p)
-    text, mask = torch.randn(4, 5, TINY_T5["d_model"]), torch.ones(4, 5, dtype=torch.bool)
-    tokens = torch.randn(4, 4, 6)
-    true, shuffled = shuffle_gap(generator, tokens, text, mask, seed=3)
-    assert true == shuffled
-    assert condition_spread(generator, text, mask) == 0.0
-
-
-def test_the_gap_compares_like_with_like_and_the_spread_sees_every_raster_caption():
-    torch.manual_seed(0)
-    text, mask = torch.randn(4, 5, TINY_T5["d_model"]), torch.ones(4, 5, dtype=torch.bool)
-    for order in ("random", "raster"):
-        generator = tiny_generator(order=order, grid_size=2, token_dim=6).eval()
-        tokens = torch.randn(4, 4, 6)
-        same = text[:1].expand(4, -1, -1)  # one caption everywhere: shuffling changes nothing
-        true, shuffled = shuffle_gap(generator, tokens, same, mask, seed=1)
-        assert true == shuffled
-        assert condition_spread(generator, text, mask) > 0
-        assert condition_spread(generator, text[:1], mask[:1]) == 0.0
-
-
-def test_each_distinct_caption_counts_once_from_its_first_row():
-    assert first_of_each(["b", "a", "b", "c", "a"]) == [0, 1, 3]
-    assert first_of_each([]) == []

@@ -1,54 +1,24 @@
-"""Callbacks in a real (3-step) fit: captioned grids, throughput, shapes scores and FID reach TensorBoard."""
+"""PeriodicCallback: the evaluation callbacks built on it run every N optimizer steps and once more at the
+end of fit, before Lightning moves the model back to the CPU; in a real (3-step) fit their captioned grids,
+throughput, shapes scores and FID reach TensorBoard at those steps."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
-import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny import CONF, kl_tokenizer
+from tiny import fit_logged, tensorboard_events, tiny_fluid_and_shapes
 
 from fluid_lightning.callbacks.fid import FIDCallback
 from fluid_lightning.callbacks.image_grid import ImageGrid
 from fluid_lightning.callbacks.periodic import PeriodicCallback
 from fluid_lightning.callbacks.shapes_eval import ShapesEvalCallback
-from fluid_lightning.callbacks.throughput import Throughput, peak_flops
-from fluid_lightning.cli import lightning_cli
-from fluid_lightning.data.shards import write_shapes_shards
+from fluid_lightning.callbacks.throughput import Throughput
 from fluid_lightning.data.vocabulary import TAGS
-from fluid_lightning.data.webdata import WebDataModule
-from fluid_lightning.evaluation.fid import TinyConvFeatures
-from fluid_lightning.lit.tokenizer_module import TokenizerModule
 from fluid_lightning.sampling import SamplingSettings
 
 PROMPTS = ["a photo of a red circle", "a photo of two squares", "a photo of a blue triangle"]
-
-
-def _model_and_data():
-    cli = lightning_cli(["--config", str(CONF / "trainer/cpu.yaml"), "--config", str(CONF / "data/shapes.yaml"),
-                         "--config", str(CONF / "model/tiny_fluid.yaml"), "--trainer.logger=false",
-                         "--data.init_args.batch_size=4", "--data.init_args.num_train=64"], run=False)
-    return cli.model, cli.datamodule
-
-
-def _fit(tmp_path, callbacks, max_steps: int = 3) -> Path:
-    model, data = _model_and_data()
-    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, limit_val_batches=0, logger=logger,
-                        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, log_every_n_steps=1, default_root_dir=str(tmp_path))
-    trainer.fit(model, data)
-    return Path(logger.log_dir)
-
-
-def _events(log_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
-    events.Reload()
-    return events
 
 
 def test_callbacks_write_images_text_and_scalars_to_tensorboard(tmp_path):
@@ -59,8 +29,8 @@ def test_callbacks_write_images_text_and_scalars_to_tensorboard(tmp_path):
         ShapesEvalCallback(every_n_steps=2, min_per_tag=0, max_prompts=12, sampling=quick, out_file=str(tmp_path / "shapes.jsonl")),
         FIDCallback(num_images=8, every_n_steps=2, sampling=quick),
     ]
-    log_dir = _fit(tmp_path, callbacks)
-    events = _events(log_dir)
+    log_dir = fit_logged(tmp_path, callbacks)
+    events = tensorboard_events(log_dir)
     tags = events.Tags()
     # a grid at step 2 and one at the end of fit (step 3)
     assert [e.step for e in events.Images("samples")] == [2, 3]
@@ -92,7 +62,7 @@ def test_the_end_of_fit_run_comes_before_lightning_moves_the_model_to_the_cpu(tm
         def run(self, trainer, pl_module):
             order.append("final run")
 
-    model, data = _model_and_data()
+    model, data = tiny_fluid_and_shapes()
     trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
                         callbacks=[Final(every_n_steps=0, on_fit_end=True)])
@@ -102,62 +72,36 @@ def test_the_end_of_fit_run_comes_before_lightning_moves_the_model_to_the_cpu(tm
     assert order == ["final run", "model to the cpu"]
 
 
-@pytest.mark.parametrize("name,precision,expected", [
-    ("NVIDIA H200", "bf16-mixed", 989.4e12),  # Lightning's own table has no entry for this name
-    ("NVIDIA H100 PCIe", "bf16-true", 756e12),
-    ("NVIDIA H100 80GB HBM3", "bf16-mixed", 989.4e12),  # dense, not Lightning's with-sparsity 1979e12
-    ("NVIDIA A100-SXM4-80GB", "bf16-mixed", 312e12),
-])
-def test_mfu_uses_dense_bf16_peaks(name, precision, expected, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    assert peak_flops(torch.device("cuda", 0), precision) == expected
-    assert peak_flops(torch.device("cpu"), precision) is None
+def test_a_step_seen_several_times_under_gradient_accumulation_runs_once_and_the_end_of_fit_adds_no_repeat():
+    runs = []
+
+    class Record(PeriodicCallback):
+        def run(self, trainer, pl_module):
+            runs.append(trainer.global_step)
+
+    callback = Record(every_n_steps=2, on_fit_end=True)
+    trainer = SimpleNamespace(global_step=0)
+    for step in (0, 0, 1, 1, 2, 2, 3, 3, 4, 4):  # two batches per optimizer step
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+    callback.on_train_end(trainer, None)  # step 4 was just run
+    assert runs == [2, 4]
+    trainer.global_step = 5
+    callback.on_train_end(trainer, None)
+    assert runs == [2, 4, 5]
 
 
-def test_missing_metadata_is_reported_once_and_training_goes_on(tmp_path):
-    callback = ShapesEvalCallback(metadata=str(tmp_path / "nope.jsonl"), every_n_steps=1)
-    with pytest.warns(UserWarning, match="ShapesEvalCallback is off: no metadata file") as record:
-        log_dir = _fit(tmp_path, [callback], max_steps=2)
-    assert sum("ShapesEvalCallback" in str(w.message) for w in record) == 1
-    assert not [t for t in _events(log_dir).Tags()["scalars"] if t.startswith("shapes/")]
+def test_a_callback_that_switches_itself_off_warns_once_and_runs_no_more():
+    runs = []
 
+    class Fragile(PeriodicCallback):
+        def run(self, trainer, pl_module):
+            runs.append(trainer.global_step)
+            self.switch_off("no data")
 
-def test_shapes_eval_tags_must_be_geneval_tags():
-    with pytest.raises(ValueError, match="tags must be among single_object, .*got \\['colours'\\]"):
-        ShapesEvalCallback(tags=["single_object", "colours"])
-
-
-def test_image_grid_needs_prompts_or_none():
-    with pytest.raises(ValueError, match="prompt"):
-        ImageGrid([])
-
-
-def test_fid_callback_without_its_weights_warns_once_and_goes_on_or_refuses_when_strict(tmp_path):
-    missing = str(tmp_path / "pt_inception.pth")
-    callback = FIDCallback(feature_weights=missing)
-    with pytest.warns(UserWarning, match="FIDCallback is off"):
-        callback.setup(None, None, "fit")
-    assert "pass their local path" in callback.off_because
-    with pytest.raises(FileNotFoundError, match="pass their local path"):
-        FIDCallback(feature_weights=missing, strict=True).setup(None, None, "fit")
-
-
-def test_validation_batches_of_uint8_pixels_give_what_float_batches_gave(tmp_path):
-    """FID's real statistics and a tokenizer's image grid read WebDataModule's uint8 val batches."""
-    write_shapes_shards(tmp_path, n=0, val_n=6, size=32, shard_size=3, progress=False)
-    module, feature = TokenizerModule(kl_tokenizer()), TinyConvFeatures()
-    results = {}
-    for image_dtype in ("uint8", "float32"):
-        data = WebDataModule(None, val_urls=str(tmp_path / "val"), image_size=32, batch_size=4, num_workers=0,
-                             pin_memory=False, persistent_workers=False, image_dtype=image_dtype)
-        trainer = SimpleNamespace(datamodule=data)
-        fid = FIDCallback(feature=feature, num_images=5)
-        assert fid._real_statistics(trainer, module) and len(fid.captions) == 5
-        grid = ImageGrid(num_images=3)
-        batch = grid._fixed_batch(trainer)
-        assert batch["image"].dtype == getattr(torch, image_dtype)
-        images = grid.images(module, batch)
-        results[image_dtype] = [fid.metric.real_features_sum, fid.metric.real_features_cov_sum, fid.captions,
-                                images["inputs"], images["reconstructions"]]
-    for pixels, floats in zip(results["uint8"], results["float32"]):
-        assert torch.equal(pixels, floats) if isinstance(pixels, torch.Tensor) else pixels == floats
+    callback = Fragile(every_n_steps=1, on_fit_end=True)
+    with pytest.warns(UserWarning, match="Fragile is off: no data. Training continues without it.") as record:
+        for step in (1, 2, 3):
+            callback.on_train_batch_end(SimpleNamespace(global_step=step), None, None, None, 0)
+        callback.switch_off("still no data")
+    assert runs == [1] and len(record) == 1

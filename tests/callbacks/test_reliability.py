@@ -1,10 +1,10 @@
 """Reliability of training runs: a SIGKILLed run resumes from its last checkpoint and ends with the weights
-of an uninterrupted run (deterministic mode); SIGTERM and SIGUSR1 save a checkpoint; a run resumed
-mid-epoch continues with the unseen batches; NaN losses skip steps and too many in a row stop the run."""
+of an uninterrupted run (deterministic mode); SIGTERM and SIGUSR1 save a checkpoint; NaN losses skip steps
+and too many in a row stop the run. (A run resumed mid-epoch continues with the unseen batches:
+tests/data/test_resumable.py.)"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 from pathlib import Path
@@ -13,12 +13,11 @@ import lightning as L
 import pytest
 import torch
 from cli_runs import assert_same_weights, finish, fit_command, generator_weights, start, wait_for
-from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny import tiny_module
 
 from fluid_lightning.callbacks import NonFiniteLossGuard
 from fluid_lightning.callbacks.reliability import NonFiniteLossError
-from fluid_lightning.checkpointing import AtomicCheckpointIO, safe_load
+from fluid_lightning.checkpointing import safe_load
 from fluid_lightning.data.shapes import ShapesDataModule
 from fluid_lightning.lit.generator_module import GeneratorModule
 
@@ -82,35 +81,6 @@ def tiny_fit(module: GeneratorModule, tmp_path: Path, max_steps: int, callbacks:
                         default_root_dir=tmp_path, callbacks=callbacks)
     trainer.fit(module, ShapesDataModule(image_size=32, num_train=64, batch_size=4))
     return trainer
-
-
-class BatchFingerprints(L.Callback):
-    """What each step starts from: the batch, and the global RNG that draws its masks and noise."""
-
-    def __init__(self):
-        self.seen: dict[int, tuple[str, str]] = {}
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.seen[trainer.global_step] = (hashlib.sha1(batch["image"].numpy().tobytes()).hexdigest(),
-                                          hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest())
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_run_resumed_mid_epoch_continues_with_the_unseen_batches(tmp_path, workers):
-    def fit(root: Path, ckpt_path=None) -> dict[int, tuple[str, str]]:
-        record = BatchFingerprints()
-        trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, limit_val_batches=0, default_root_dir=root,
-                            plugins=[AtomicCheckpointIO()], callbacks=[record, ModelCheckpoint(
-                                dirpath=root / "ckpt", every_n_train_steps=4, save_top_k=-1)])
-        data = ShapesDataModule(image_size=32, num_train=24, batch_size=4, num_workers=workers)
-        trainer.fit(tiny_module(), data, ckpt_path=ckpt_path)
-        return record.seen
-
-    uninterrupted = fit(tmp_path / "a")  # 6 batches per epoch: step 4 is mid-epoch, steps 6-9 the next epoch
-    resumed = fit(tmp_path / "b", ckpt_path=tmp_path / "a" / "ckpt" / "epoch=0-step=4.ckpt")
-    assert sorted(resumed) == list(range(4, 10))
-    assert resumed == {step: uninterrupted[step] for step in resumed}  # same batches, same RNG state
 
 
 class WeightWatch(L.Callback):
