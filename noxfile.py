@@ -44,8 +44,9 @@ def notebooks(session: nox.Session) -> None:
     """Executes every notebook under notebooks/ (CI: they still run). The notebooks are committed with
     their outputs, so a code host shows the pictures: `nox -s notebooks -- --overwrite` writes them back."""
     install(session)
-    session.run("pytest", "--nbmake", "-p", "no:cacheprovider", "-o", "addopts=", *session.posargs, "notebooks",
-                env=ENV)
+    # A cell's limit is generous: on a shared 2-core machine the notebooks' short fits run ~10x slower.
+    session.run("pytest", "--nbmake", "--nbmake-timeout=1200", "-p", "no:cacheprovider", "-o", "addopts=",
+                *session.posargs, "notebooks", env=ENV)
 
 
 @nox.session
