@@ -50,7 +50,7 @@ class NonFiniteLossGuard(L.Callback):
         if in_a_row < self.max_in_a_row:
             return
         path = checkpoint_dir(trainer) / self.filename
-        trainer.save_checkpoint(path)  # every rank calls it (FSDP2 saves are collective)
+        trainer.save_checkpoint(path, weights_only=False)  # every rank calls it (FSDP2 saves are collective)
         raise NonFiniteLossError(
             f"the loss was NaN/inf for {in_a_row} steps in a row (at step {trainer.global_step}, "
             f"{pl_module.nonfinite_total} skipped in total); stopped and saved {path}. Lower the lr, check the "
@@ -84,7 +84,7 @@ class PreemptionCheckpoint(L.Callback):
 
     def save(self, trainer: L.Trainer, reason: str) -> Path:
         path = checkpoint_dir(trainer) / self.filename
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # resumable: optimizer and loops included
         if trainer.is_global_zero:
             rank_zero_warn(f"{reason}: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
         return path
