@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from .callbacks.caption_use import CaptionUse
 from .callbacks.progress import LineProgress
 from .callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint
-from .checkpointing import CheckpointError, find_last_checkpoint, safe_load, upgrade_hparams
+from .checkpointing import CheckpointError, checkpoints_in, find_last_checkpoint, safe_load, upgrade_hparams
 from .commands import checkpoint, data, evaluate, params, sample, tokenizer
 from .config import register_resolvers
 from .loggers import FluidTensorBoardLogger
@@ -140,7 +140,7 @@ def _refuse_a_second_run(config) -> None:
     if any(Path(config.trainer.default_root_dir or ".").glob("hpc_ckpt_*.ckpt")):
         return  # a SLURM requeue: Lightning resumes from its own hpc checkpoint
     folder = Path(config.checkpoint.dirpath)
-    earlier = sorted(p.name for p in folder.glob("*.ckpt") if not p.name.startswith(".")) if folder.is_dir() else []
+    earlier = [p.name for p in checkpoints_in(folder)]
     if earlier:
         shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
         raise CheckpointError(f"{folder} already holds checkpoints of an earlier run ({shown}); a new run would overwrite "

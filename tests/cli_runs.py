@@ -68,6 +68,12 @@ class SlowShardedSave(L.Callback):
         model_parallel._distributed_checkpoint_save = save_then_wait
 
 
+def file_size_limit(after_step: int, max_bytes: int) -> str:
+    """The command-line argument that adds ``FileSizeLimit`` to a fit."""
+    return ('--trainer.callbacks+={"class_path": "cli_runs.FileSizeLimit", '
+            f'"init_args": {{"after_step": {after_step}, "max_bytes": {max_bytes}}}}}')
+
+
 def fit_command(root: Path, max_steps: int, *extra: str, stock_callbacks: bool = False) -> list[str]:
     """A tiny CLI fit: with ``stock_callbacks`` the default callbacks (checkpoints in root/checkpoints) plus
     Slow and MarkSteps; else a checkpoint every 2 steps in root/ckpt, all kept, and Slow."""

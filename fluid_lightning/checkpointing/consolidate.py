@@ -23,8 +23,7 @@ CONFIG_KEY = "fluid_lightning.config"  # safetensors metadata key holding model.
 def read_training_checkpoint(src: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(module state dict, the rest of the checkpoint) from a .ckpt file or a sharded FSDP2 directory."""
     if src.is_dir():
-        check_sharded_checkpoint(src)  # the conversion reads the index and non-tensor items with pickle
-        meta = safe_load(src / "meta.pt")  # Lightning's ModelParallelStrategy writes the non-tensor part here
+        meta = check_sharded_checkpoint(src)  # the conversion reads the index and non-tensor items with pickle
         with tempfile.TemporaryDirectory() as tmp:
             full = Path(tmp) / "full.pt"
             dcp_to_torch_save(src, full)

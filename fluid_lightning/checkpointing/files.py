@@ -111,9 +111,14 @@ def is_readable_checkpoint(path: Path) -> bool:
     return path.is_file() and is_torch_file(path)
 
 
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The ``*.ckpt`` files and FSDP2 folders in ``folder``, by name; hidden staging copies are not counted."""
+    return sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith(".")) if folder.is_dir() else []
+
+
 def newest_readable_checkpoint(folder: Path, exclude: Path | None = None) -> Path | None:
-    """The most recently written readable ``*.ckpt`` in ``folder`` (hidden staging files skipped)."""
-    found = [p for p in folder.glob("*.ckpt") if not p.name.startswith(".") and p != exclude]
+    """The most recently written readable checkpoint in ``folder`` (see ``checkpoints_in``)."""
+    found = [p for p in checkpoints_in(folder) if p != exclude]
     for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         if is_readable_checkpoint(path):
             return path

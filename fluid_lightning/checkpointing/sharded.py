@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
-from .files import CheckpointError, newest_readable_checkpoint, refusal, safe_load
+from .files import CheckpointError, is_readable_checkpoint, newest_readable_checkpoint, refusal, safe_load
 
 _DCP_CLASSES = {
     "torch.distributed.checkpoint.metadata": {
@@ -81,16 +81,17 @@ def _check_byte_items(folder: Path, metadata: Metadata) -> None:
             raise refusal(f"{shard} (item {index.fqn!r})", err) from err
 
 
-def check_sharded_checkpoint(folder: str | Path) -> None:
-    """Refuse, in one line naming the file, a sharded checkpoint whose loading could run code."""
+def check_sharded_checkpoint(folder: str | Path) -> dict:
+    """Refuse, in one line naming the file, a sharded checkpoint whose loading could run code; return its
+    ``meta.pt`` (Lightning's non-tensor state), read weights-only."""
     folder = Path(folder)
-    index = folder / ".metadata"
-    if not index.is_file() or not (folder / "meta.pt").is_file():
+    if not is_readable_checkpoint(folder):
         beside = newest_readable_checkpoint(folder.parent, exclude=folder)
         hint = f"; the newest readable checkpoint beside it is {beside}" if beside is not None else ""
         raise CheckpointError(f"{folder} is a directory but not a whole sharded Lightning checkpoint (it needs "
-                              f".metadata and meta.pt){hint}")
-    safe_load(folder / "meta.pt")
+                              f".metadata and a readable meta.pt){hint}")
+    meta = safe_load(folder / "meta.pt")
     for rank_index in sorted(folder.glob("__*.metadata")):  # written per rank when saved without collectives
         _check_byte_items(folder, read_metadata(rank_index))
-    _check_byte_items(folder, read_metadata(index))
+    _check_byte_items(folder, read_metadata(folder / ".metadata"))
+    return meta

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import ENV, assert_same_weights, finish, fit_command, generator_weights, start
+from cli_runs import ENV, assert_same_weights, file_size_limit, finish, fit_command, generator_weights, start
 from tiny import CONF, ROOT
 
 from fluid_lightning.checkpointing import (
@@ -90,9 +90,6 @@ def test_a_checkpoint_carrying_code_is_refused_in_one_line_at_every_entry_point(
     assert not marker.exists()
 
 
-LIMIT_AFTER_STEP_3 = '--trainer.callbacks+={"class_path": "cli_runs.FileSizeLimit", "init_args": {"after_step": 3, "max_bytes": 60000}}'
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     """The last checkpoint of a tiny 6-step run (a checkpoint every 2 steps) that nothing stopped."""
@@ -116,7 +113,7 @@ def _stopped_by_a_full_disk(log: str, folder: Path) -> Path:
 
 def test_a_full_file_size_limit_stops_the_run_and_resuming_finishes_it(tmp_path, uninterrupted):
     """RLIMIT_FSIZE (every POSIX system): from step 3 no file may pass 60 kB, so the step-4 save fails."""
-    run = start(fit_command(tmp_path, 6, LIMIT_AFTER_STEP_3), tmp_path / "log.txt")
+    run = start(fit_command(tmp_path, 6, file_size_limit(after_step=3, max_bytes=60000)), tmp_path / "log.txt")
     log = finish(run, tmp_path / "log.txt", ok=False)
     assert run.returncode == 1
     _stopped_by_a_full_disk(log, tmp_path / "ckpt")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import ENV, wait_for
+from cli_runs import ENV, file_size_limit, wait_for
 from tiny import CONF, ROOT
 
 from fluid_lightning.checkpointing import AtomicModelParallelStrategy, publish_atomically, safe_load
@@ -132,8 +132,7 @@ def test_a_full_disk_during_a_sharded_save_stops_every_rank_and_resuming_finishe
                            timeout=300)
     assert whole.returncode == 0, whole.stderr[-4000:]
     root = tmp_path / "full"
-    limit = '--trainer.callbacks+={"class_path": "cli_runs.FileSizeLimit", "init_args": {"after_step": 3, "max_bytes": 60000}}'
-    full = subprocess.run([*fsdp2_fit(root), limit], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    full = subprocess.run([*fsdp2_fit(root), file_size_limit(after_step=3, max_bytes=60000)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     last = root / "checkpoints" / "last.ckpt"
     stopped = [line for line in full.stderr.splitlines() if line.startswith("fluid_lightning fit: error:")]
     assert full.returncode != 0 and "Traceback" not in full.stderr, full.stderr[-4000:]
