@@ -88,6 +88,7 @@ class FluidGenerator(nn.Module):
         prediction_type: Literal["epsilon", "v"] = "epsilon",
         x0_loss_weight: float = 0.0,
         pooled_text: bool = False,
+        neighbour_input: bool = False,
     ):
         """Sizes follow the constructor names; ``grid_size`` and ``token_dim``/``vocab_size``
         must match the tokenizer, ``text_dim`` the text encoder's output width.
@@ -102,12 +103,19 @@ class FluidGenerator(nn.Module):
 
         ``pooled_text``: adds a learned projection of the mean of the aligned caption to every position's
         output, so the head reads the caption directly as well as through cross-attention (False in
-        Fluid, whose head reads the transformer's output alone)."""
+        Fluid, whose head reads the transformer's output alone).
+
+        ``neighbour_input`` (random order): every position's input also gets a learned 3×3 convolution of
+        its revealed neighbours' embeddings, so a token still to predict sees the tokens around it from
+        the first layer on, as a raster token sees the one before it; otherwise that comes through
+        attention alone (False in Fluid and MAR)."""
         super().__init__()
         if token_kind not in ("continuous", "discrete"):
             raise ValueError(f"token_kind must be 'continuous' or 'discrete', got {token_kind!r}")
         if order not in ("random", "raster"):
             raise ValueError(f"order must be 'random' or 'raster', got {order!r}")
+        if neighbour_input and order != "random":
+            raise ValueError("neighbour_input needs order='random': a raster token may not read the tokens after it")
         if not 0.0 < mask_ratio_min <= 1.0:
             raise ValueError(f"mask_ratio_min must be in (0, 1], got {mask_ratio_min}")
         self.token_kind, self.order = token_kind, order
@@ -141,6 +149,10 @@ class FluidGenerator(nn.Module):
         if self.pooled_text is not None:  # starts as the plain model
             nn.init.zeros_(self.pooled_text.weight)
             nn.init.zeros_(self.pooled_text.bias)
+        # No bias: with nothing revealed it adds nothing, so blank_conditions needs no change.
+        self.neighbour_mix = nn.Conv2d(width, width, 3, padding=1, bias=False) if neighbour_input else None
+        if self.neighbour_mix is not None:  # starts as the plain model
+            nn.init.zeros_(self.neighbour_mix.weight)
 
     @property
     def _learned_token_name(self) -> str:
@@ -218,8 +230,16 @@ class FluidGenerator(nn.Module):
                    cache: KVCache | None = None) -> Tensor:
         """Random order: the head's condition [B, N, width] for every position, given the tokens where
         ``masked`` [B, N] is False (the rest read as the mask token) and the aligned text."""
-        x = torch.where(masked[..., None], self.mask_token.to(ctx.dtype), self.embed(tokens).to(ctx.dtype))
+        embedded = self.embed(tokens).to(ctx.dtype)
+        x = torch.where(masked[..., None], self.mask_token.to(ctx.dtype), embedded)
+        if self.neighbour_mix is not None:
+            x = x + self._revealed_neighbours(embedded.masked_fill(masked[..., None], 0.0))
         return self._run(x + self.pos_embed, ctx, ctx_mask, cache)
+
+    def _revealed_neighbours(self, revealed: Tensor) -> Tensor:
+        b, g = revealed.shape[0], self.grid_size
+        grid = revealed.transpose(1, 2).reshape(b, self.width, g, g)
+        return self.neighbour_mix(grid).flatten(2).transpose(1, 2)
 
     def blank_conditions(self, ctx: Tensor, ctx_mask: Tensor) -> Tensor:
         """The head's condition where nothing is revealed yet, from the aligned text alone: [B, N, width]

@@ -254,3 +254,31 @@ def test_pooled_text_starts_as_the_plain_model_then_tells_the_head_the_caption(t
     torch.testing.assert_close(pooled.blank_conditions(ctx, ctx_mask), pooled.blank_conditions(*padded))
     assert not torch.allclose(pooled.blank_conditions(ctx, ctx_mask), plain.blank_conditions(ctx, ctx_mask))
     assert tiny_generator(token_kind, order).pooled_text is None  # off by default (Fluid)
+
+
+@pytest.mark.parametrize("token_kind", ["continuous", "discrete"])
+def test_neighbour_input_starts_as_the_plain_model_then_reads_only_revealed_neighbours(token_kind, text):
+    emb, mask = text
+    torch.manual_seed(0)
+    plain = tiny_generator(token_kind).eval()
+    torch.manual_seed(0)
+    mixed = tiny_generator(token_kind, neighbour_input=True).eval()
+    mixed.load_state_dict(plain.state_dict(), strict=False)  # zero-initialised convolution: the plain model
+    tokens = random_tokens(plain, emb.shape[0])
+    ctx, ctx_mask = plain.encode_text(emb, mask)
+    masked = torch.ones(emb.shape[0], plain.num_tokens, dtype=torch.bool)
+    masked[:, 5] = False  # row 1, column 1 of the 4x4 grid is revealed
+    assert torch.equal(plain.conditions(tokens, masked, ctx, ctx_mask), mixed.conditions(tokens, masked, ctx, ctx_mask))
+
+    torch.nn.init.normal_(mixed.neighbour_mix.weight)
+    revealed = mixed.embed(tokens).masked_fill(masked[..., None], 0.0)
+    reach = mixed._revealed_neighbours(revealed).abs().sum(-1)[0].view(4, 4) > 0
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[0:3, 0:3] = True  # the revealed token and its eight neighbours, nothing farther
+    assert torch.equal(reach, expected)
+    # with nothing revealed it adds nothing: the blank condition is still the plain model's
+    torch.testing.assert_close(mixed.conditions(tokens, torch.ones_like(masked), ctx, ctx_mask),
+                               plain.blank_conditions(ctx, ctx_mask))
+    assert tiny_generator(token_kind).neighbour_mix is None  # off by default (Fluid, MAR)
+    with pytest.raises(ValueError, match="neighbour_input needs order='random'"):
+        tiny_generator(token_kind, "raster", neighbour_input=True)
