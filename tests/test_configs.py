@@ -17,6 +17,7 @@ from fluid_lightning.callbacks import (
 )
 from fluid_lightning.cli import lightning_cli
 from fluid_lightning.config import load_generator_config
+from fluid_lightning.data.shapes import caption_for, evaluation_suite
 from fluid_lightning.models.summary import generator_param_counts
 from fluid_lightning.sampling import SamplingSettings
 
@@ -149,6 +150,17 @@ def test_a_ladder_rung_trains_and_scores_only_its_tags_in_its_own_folder(rung, t
     assert {r["tag"] for r in scorer.records} == tags
     assert Path(cli.trainer.default_root_dir) == Path(f"runs/ladder/{rung}")
     assert Path(cli.trainer.checkpoint_callback.dirpath) == tmp_path / f"runs/ladder/{rung}/checkpoints"
+
+
+def test_the_quickstart_words_cover_every_caption_and_suite_prompt(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cli = lightning_cli(config_args(CONF / "experiment/quickstart.yaml"), run=False)
+    cli.datamodule.setup("fit")
+    captions = [cli.datamodule.train_set[i]["caption"] for i in range(500)]
+    captions += [caption_for(spec) for spec in evaluation_suite(min_per_tag=48)]
+    tokenizer = cli.model.text_encoder.tokenizer
+    ids = {i for caption in captions for i in tokenizer(caption)["input_ids"]}
+    assert tokenizer.unk_token_id not in ids
 
 
 def test_sampling_settings_round_trip_through_yaml_and_the_command_line(tmp_path):
