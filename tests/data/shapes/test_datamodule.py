@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fluid_lightning.data.shapes import ShapesDataModule, render_scene, scene_spec_for_index
+from fluid_lightning.data.shapes import ShapesDataModule, datamodule, render_scene, scene_spec_for_index
 
 
 def test_datamodule_batch_contract():
@@ -29,3 +29,23 @@ def test_datamodule_batch_contract():
     assert item["caption"] == caption
     expected = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
     assert torch.allclose(item["image"], expected)
+
+
+def test_cached_images_are_the_rendered_ones_and_each_scene_is_drawn_once(monkeypatch):
+    plain = ShapesDataModule(image_size=32, num_train=12, num_val=4, batch_size=4, seed=3)
+    cached = ShapesDataModule(image_size=32, num_train=12, num_val=4, batch_size=4, seed=3, cache_images=True)
+    plain.setup("fit")
+    cached.setup("fit")
+    draws = []
+
+    def counted_render(spec, *args, **kwargs):
+        draws.append(spec)
+        return render_scene(spec, *args, **kwargs)
+
+    monkeypatch.setattr(datamodule, "render_scene", counted_render)
+    epochs = [list(cached.train_dataloader()) for _ in range(2)]
+    assert len(draws) == 12  # the second epoch draws nothing
+    for index in range(12):
+        a, b = plain.train_set[index], cached.train_set[index]
+        assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"] and a["key"] == b["key"]
+    assert all(b["image"].shape == (4, 3, 32, 32) for epoch in epochs for b in epoch)
