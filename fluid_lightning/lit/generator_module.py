@@ -217,8 +217,8 @@ class GeneratorModule(ModuleBase):
 
             optimizer = bnb.optim.AdamW8bit(groups, lr=hp.lr, betas=tuple(hp.betas))
         else:
-            # Fused: one kernel for all parameters instead of a loop over ~150 tensors (on CPU the loop
-            # is ~6% of a quickstart step, benchmarks/RESULTS.md). FSDP2's DTensors keep the default.
+            # Fused: one kernel for all parameters instead of a loop over each tensor, which is ~10% of a
+            # quickstart step on CPU (benchmarks/RESULTS.md, "Faster steps"). FSDP2's DTensors keep the default.
             optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas),
                                           fused=not is_sharded(self.generator))
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
