@@ -218,9 +218,11 @@ class GeneratorModule(ModuleBase):
             optimizer = bnb.optim.AdamW8bit(groups, lr=hp.lr, betas=tuple(hp.betas))
         else:
             # Fused: one kernel for all parameters instead of a loop over each tensor, which is ~10% of a
-            # quickstart step on CPU (benchmarks/RESULTS.md, "Faster steps"). FSDP2's DTensors keep the default.
+            # quickstart step on CPU (benchmarks/RESULTS.md, "Faster steps"). Not for FSDP2's DTensors, nor
+            # under mixed precision, whose Lightning plugin refuses to clip a fused optimizer's gradients.
+            mixed = self._trainer is not None and "mixed" in str(self.trainer.precision)
             optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas),
-                                          fused=not is_sharded(self.generator))
+                                          fused=not (mixed or is_sharded(self.generator)))
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         schedule = lr_lambda(hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
