@@ -10,6 +10,7 @@ import math
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
 from ..data.pixels import images_to_float
@@ -219,8 +220,8 @@ class GeneratorModule(ModuleBase):
         else:
             # Fused: one kernel for all parameters instead of a loop over each tensor, which is ~10% of a
             # quickstart step on CPU (benchmarks/RESULTS.md, "Faster steps"). Not for FSDP2's DTensors, nor
-            # under mixed precision, whose Lightning plugin refuses to clip a fused optimizer's gradients.
-            mixed = self._trainer is not None and "mixed" in str(self.trainer.precision)
+            # under Lightning's mixed-precision plugin, which refuses to clip a fused optimizer's gradients.
+            mixed = self._trainer is not None and isinstance(self.trainer.precision_plugin, MixedPrecision)
             optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas),
                                           fused=not (mixed or is_sharded(self.generator)))
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
