@@ -40,8 +40,9 @@ from fluid_lightning.pipeline import FluidPipeline, to_pil
 
 def step_checkpoints(run: Path) -> list[tuple[int, Path]]:
     found = []
-    for path in (run / "checkpoints").glob("*step=*.ckpt"):
-        found.append((int(re.search(r"step=(\d+)", path.name).group(1)), path))
+    for path in (run / "checkpoints").glob("*step=*"):
+        if path.suffix in (".ckpt", ".safetensors"):  # a fit's checkpoint, or one `checkpoint consolidate` wrote
+            found.append((int(re.search(r"step=(\d+)", path.name).group(1)), path))
     if not found:
         raise SystemExit(f"{run}: no checkpoints/*step=*.ckpt (fit with --checkpoint.save_top_k -1)")
     return sorted(found)
