@@ -9,14 +9,15 @@
 #   device tool:  run(command="bash benchmarks/gpu_curve.sh", carry=[".whl"], timeout_s=595)
 #   then here:    python benchmarks/learning_curve.py DIR [--tags ...]   (with DIR/checkpoints/step=N.safetensors)
 # Knobs (environment): ACCEL (gpu), STEPS (30000), EVERY (6000: checkpoint, grid and in-fit shapes scores),
-# TRAIN_S (470: wall seconds for the fits), MID (12000: the other step brought back).
+# TRAIN_S (470: wall seconds for the fits), MID (12000: the other step brought back), RESUME (1: go on from
+# each run's last.ckpt, on a machine still warm from the last call, whose ignored runs/ it keeps).
 # Back in $OUT (runs/gpu_curve/out when unset): the log, those checkpoints, and a tarball of the fits' logs,
 # grids and TensorBoard events.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_curve/out}
 ROOT=runs/gpu_curve
-ACCEL=${ACCEL:-gpu} STEPS=${STEPS:-30000} EVERY=${EVERY:-6000} TRAIN_S=${TRAIN_S:-470} MID=${MID:-12000}
+ACCEL=${ACCEL:-gpu} STEPS=${STEPS:-30000} EVERY=${EVERY:-6000} TRAIN_S=${TRAIN_S:-470} MID=${MID:-12000} RESUME=${RESUME:-0}
 mkdir -p "$OUT" "$ROOT"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -47,6 +48,7 @@ fit() {  # fit NAME CONFIGS...: one run in the background, stopped by SIGTERM at
   shift
   local configs=()
   for c in "$@"; do configs+=(--config "$c"); done
+  [ "$RESUME" = 1 ] && configs+=(--ckpt_path last)
   timeout -s TERM -k 30 "$TRAIN_S" python3 -m fluid_lightning fit "${configs[@]}" --config "$ROOT/$name.yaml" \
     --trainer.accelerator "$ACCEL" --trainer.max_steps "$STEPS" --trainer.default_root_dir "$ROOT/$name" \
     --trainer.enable_progress_bar false \
