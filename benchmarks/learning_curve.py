@@ -4,7 +4,8 @@
         --tags single_object colors --seeds 0 1 --json runs/curve/curve.json --plot runs/curve/curve.png
 
 A run is a `default_root_dir` whose `checkpoints/` holds the step checkpoints of one fit
-(`--checkpoint.every_n_train_steps N --checkpoint.save_top_k -1` keeps them all). For each checkpoint
+(`--checkpoint.every_n_train_steps N --checkpoint.save_top_k -1` keeps them all), or consolidated ones
+named `*step=N.safetensors` (`benchmarks/gpu_curve.sh` brings them back from a GPU). For each checkpoint
 (EMA weights) it measures, on `--val` validation scenes of the given tags (the runs' own validation
 stream), the loss with seeded draws and the two caption numbers every fit logs (caption/shuffle_gap,
 caption/spread: `fluid_lightning.evaluation.caption_use`); then it samples the shapes suite's records
@@ -44,7 +45,7 @@ def step_checkpoints(run: Path) -> list[tuple[int, Path]]:
         if path.suffix in (".ckpt", ".safetensors"):  # a fit's checkpoint, or one `checkpoint consolidate` wrote
             found.append((int(re.search(r"step=(\d+)", path.name).group(1)), path))
     if not found:
-        raise SystemExit(f"{run}: no checkpoints/*step=*.ckpt (fit with --checkpoint.save_top_k -1)")
+        raise SystemExit(f"{run}: no checkpoints/*step=*.ckpt or .safetensors (fit with --checkpoint.save_top_k -1)")
     return sorted(found)
 
 

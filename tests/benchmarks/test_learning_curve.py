@@ -1,5 +1,6 @@
 """benchmarks/learning_curve.py on a 4-step run of the ladder's first rung: a row per step checkpoint with the
-rung's tags, caption numbers and a loss; the plot; a rerun reuses the scores it kept."""
+rung's tags, caption numbers and a loss; the plot; a consolidated step checkpoint (what benchmarks/gpu_curve.sh
+brings back) scores as the fit's own; a rerun reuses the scores it kept."""
 
 import importlib.util
 import json
@@ -8,6 +9,7 @@ import sys
 
 from tiny import CONF, ROOT
 
+from fluid_lightning.checkpointing import consolidate
 from fluid_lightning.cli import main as cli_main
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # learning_curve imports study's validation loss
@@ -34,6 +36,11 @@ def test_every_step_checkpoint_gets_scores_caption_numbers_and_a_loss(tmp_path, 
         assert math.isfinite(row["val/loss"]) and math.isfinite(row["caption/shuffle_gap"])
         assert row["caption/spread"] >= 0
     assert (tmp_path / "curve.png").stat().st_size > 0
+    back = tmp_path / "back"
+    (back / "checkpoints").mkdir(parents=True)
+    consolidate(next((run / "checkpoints").glob("*step=4.ckpt")), back / "checkpoints/step=4.safetensors")
+    elsewhere = [str(back), *args[1:-4], "--json", str(tmp_path / "back.json")]
+    assert learning_curve.main(elsewhere)["back"] == {4: table[4]}
     kept = json.loads((tmp_path / "curve.json").read_text())
     monkeypatch.setattr(learning_curve, "score", lambda *a: (_ for _ in ()).throw(AssertionError("scored again")))
     assert learning_curve.main(args)["rung"] == table and len(kept) == 2
