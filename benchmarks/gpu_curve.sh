@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_curve/out}
 ROOT=runs/gpu_curve
 ACCEL=${ACCEL:-gpu} STEPS=${STEPS:-30000} EVERY=${EVERY:-6000} TRAIN_S=${TRAIN_S:-470} MID=${MID:-12000} RESUME=${RESUME:-0}
+LOG_SUFFIX=$([ "$RESUME" = 1 ] && echo .resume)  # a resumed fit logs beside the first one, not over it
 mkdir -p "$OUT" "$ROOT"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -54,7 +55,7 @@ fit() {  # fit NAME CONFIGS...: one run in the background, stopped by SIGTERM at
   timeout -s TERM -k 30 "$TRAIN_S" python3 -m fluid_lightning fit "${configs[@]}" --config "$ROOT/$name.yaml" \
     --trainer.accelerator "$ACCEL" --trainer.max_steps "$STEPS" --trainer.default_root_dir "$ROOT/$name" \
     --trainer.enable_progress_bar false \
-    --checkpoint.every_n_train_steps "$EVERY" --checkpoint.save_top_k -1 >"$ROOT/$name.log" 2>&1 &
+    --checkpoint.every_n_train_steps "$EVERY" --checkpoint.save_top_k -1 >"$ROOT/$name$LOG_SUFFIX.log" 2>&1 &
 }
 
 final_step() {  # the step of a run's last.ckpt
@@ -73,7 +74,7 @@ final_step() {  # the step of a run's last.ckpt
   wait
   echo "== fits ended at ${SECONDS}s"
   for name in quickstart single; do
-    tail -n 6 "$ROOT/$name.log"
+    tail -n 6 "$ROOT/$name$LOG_SUFFIX.log"
     last=$(final_step "$name")
     echo "== $name: stopped at step $last"
     for ckpt in "$ROOT/$name"/checkpoints/*step="$MID".ckpt "$ROOT/$name/checkpoints/last.ckpt"; do
