@@ -11,8 +11,8 @@
 # Knobs (environment): ACCEL (gpu), STEPS (30000), EVERY (6000: checkpoint, grid and in-fit shapes scores),
 # TRAIN_S (470: wall seconds for the fits), MID (12000: the other step brought back), RESUME (1: go on from
 # each run's last.ckpt, on a machine still warm from the last call, whose ignored runs/ it keeps).
-# On the H200 the two fits ran ~20-28 steps/s each (a 1.8M-parameter model: host-bound, by our reading), so 470 s reached
-# ~11000 steps, not 30000 (benchmarks/RESULTS.md, "The recipe toward 20x on a GPU").
+# On the H200 the two fits ran ~20-28 steps/s each (a 1.8M-parameter model: host-bound, by our reading),
+# so 470 s reached ~11000 steps, not 30000 (benchmarks/RESULTS.md, "The recipe toward 20x on a GPU").
 # Back in $OUT (runs/gpu_curve/out when unset): the log, those checkpoints, and a tarball of the fits' logs,
 # grids and TensorBoard events.
 set -uo pipefail
