@@ -18,11 +18,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_checks}
 BUDGET=${GPU_CHECKS_BUDGET:-520}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+source benchmarks/gpu_env.sh
 
 section() {  # section TITLE CAP_SECONDS COMMAND...: runs COMMAND for at most CAP seconds or what is left
   local title=$1 cap=$2 left=$((BUDGET - SECONDS))

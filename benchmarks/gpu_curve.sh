@@ -22,11 +22,7 @@ ROOT=runs/gpu_curve
 ACCEL=${ACCEL:-gpu} STEPS=${STEPS:-30000} EVERY=${EVERY:-6000} TRAIN_S=${TRAIN_S:-470} MID=${MID:-12000} RESUME=${RESUME:-0}
 LOG_SUFFIX=$([ "$RESUME" = 1 ] && echo .resume)  # a resumed fit logs beside the first one, not over it
 mkdir -p "$OUT" "$ROOT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+source benchmarks/gpu_env.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
 overlay() {  # overlay NAME TAGS...: the rung's callbacks at every $EVERY steps (no TAGS: all of them)
