@@ -37,7 +37,10 @@ class SamplingSettings:
     Continuous tokens only: ``diffusion_sampler`` is ``ddpm`` (ancestral, MAR's) or a fewer-step ODE
     solver from diffusers (``ddim``, ``dpm++``), over ``diffusion_steps`` timesteps (None: the head's
     ``diffusion_steps``) spaced as ``timestep_spacing`` says (``linspace``: both ends, MAR's;
-    ``leading``: never the cosine schedule's singular last step; ``trailing``)."""
+    ``leading``: never the cosine schedule's singular last step; ``trailing``). ``detail_temperature``
+    (ddpm only; None: ``temperature`` throughout) scales the noise of the last ``detail_fraction`` of each
+    token's diffusion steps instead, the low-noise end where its fine detail is drawn: below 1 it
+    draws smoother objects while the earlier steps, at ``temperature``, still decide what goes where."""
 
     steps: int = 64
     cfg: float = 3.0
@@ -49,12 +52,21 @@ class SamplingSettings:
     diffusion_steps: int | None = None
     diffusion_sampler: Literal[DIFFUSION_SAMPLERS] = "ddpm"
     timestep_spacing: Literal[TIMESTEP_SPACINGS] = "leading"
+    detail_temperature: float | None = None
+    detail_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"sampling steps must be at least 1, got {self.steps}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.detail_temperature is not None and self.detail_temperature < 0:
+            raise ValueError(f"detail_temperature must be >= 0 (or null), got {self.detail_temperature}")
+        if not 0.0 < self.detail_fraction <= 1.0:
+            raise ValueError(f"detail_fraction must be in (0, 1], got {self.detail_fraction}")
+        if self.detail_temperature is not None and self.diffusion_sampler != "ddpm":
+            raise ValueError(f"detail_temperature needs diffusion_sampler 'ddpm' ({self.diffusion_sampler!r} adds no "
+                             "noise after the start); set it to null or use ddpm")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be at least 1 (or null), got {self.top_k}")
         if self.diffusion_steps is not None and self.diffusion_steps < 1:
@@ -93,6 +105,7 @@ def generate_images(generator: FluidGenerator, tokenizer: nn.Module, text_encode
             cfg_schedule=settings.cfg_schedule, temperature=settings.temperature, top_k=settings.top_k,
             kv_cache=settings.kv_cache, rng=rng, progress=progress, diffusion_steps=settings.diffusion_steps,
             diffusion_sampler=settings.diffusion_sampler, timestep_spacing=settings.timestep_spacing, on_step=on_step,
+            detail_temperature=settings.detail_temperature, detail_fraction=settings.detail_fraction,
         )
         images = tokenizer.decode(tokens.to(dtype_of(tokenizer)) if tokens.is_floating_point() else tokens)
     finally:

@@ -1,9 +1,10 @@
-"""SamplingSettings: one object, validated where it is made, replaced field by field, seeded."""
+"""SamplingSettings: one object, validated where it is made, replaced field by field, seeded, and heard by the head."""
 
 import pytest
 import torch
+from tiny import tiny_module
 
-from fluid_lightning.sampling import SamplingSettings
+from fluid_lightning.sampling import SamplingSettings, generate_images
 
 
 @pytest.mark.parametrize("bad,message", [
@@ -11,6 +12,10 @@ from fluid_lightning.sampling import SamplingSettings
     ({"cfg_schedule": "cubic"}, "cfg_schedule"),
     ({"temperature": -1.0}, "temperature"),
     ({"top_k": 0}, "top_k"),
+    ({"detail_temperature": -0.5}, "detail_temperature must be >= 0"),
+    ({"detail_fraction": 0.0}, "detail_fraction"),
+    ({"detail_fraction": 1.5}, "detail_fraction"),
+    ({"detail_temperature": 0.5, "diffusion_sampler": "dpm++"}, "detail_temperature needs diffusion_sampler 'ddpm'"),
 ])
 def test_bad_settings_are_named_where_they_are_made(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -25,3 +30,16 @@ def test_replace_changes_only_the_given_fields_and_the_seed_makes_the_stream():
     assert (changed.steps, changed.cfg, changed.temperature) == (8, 2.0, 0.5) and base.temperature == 1.0
     assert torch.equal(torch.rand(3, generator=base.rng("cpu")), torch.rand(3, generator=base.rng("cpu")))
     assert base.replace(seed=None).rng("cpu") is None  # the global stream
+
+
+def test_the_detail_temperature_reaches_each_token_s_diffusion_head():
+    module = tiny_module()
+    prompts = ["a photo of a red circle", "a photo of two squares"]
+    settings = SamplingSettings(steps=4, cfg=2.0)
+
+    def images(changes: dict) -> torch.Tensor:
+        return generate_images(module.generator, module.tokenizer, module.text_encoder, prompts, settings.replace(**changes))
+
+    plain = images({})
+    assert torch.equal(images({"detail_temperature": 1.0}), plain)  # the temperature itself: the plain sampler
+    assert not torch.allclose(images({"detail_temperature": 0.0}), plain)

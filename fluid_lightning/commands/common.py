@@ -52,6 +52,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--diffusion-sampler", choices=DIFFUSION_SAMPLERS,
                        help="continuous tokens: ancestral (ddpm, MAR's) or a fewer-step ODE solver")
     group.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS)
+    group.add_argument("--detail-temperature", type=float,
+                       help="continuous tokens, ddpm: the temperature of each token's last diffusion steps")
+    group.add_argument("--detail-fraction", type=float,
+                       help=f"the fraction of diffusion steps --detail-temperature covers (e.g. {example.detail_fraction})")
 
 
 def sampling_from_arguments(settings: SamplingSettings, ns: argparse.Namespace) -> SamplingSettings:

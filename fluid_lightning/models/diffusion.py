@@ -238,17 +238,23 @@ class GaussianDiffusion:
         device: torch.device | str = "cpu",
         temperature: float = 1.0,
         rng: torch.Generator | None = None,
+        detail_temperature: float | None = None,
+        detail_fraction: float = 0.25,
     ) -> Tensor:
         """Ancestral sampling over this schedule's steps; ``temperature`` scales every added noise
-        (MAR's convention), not the initial x_T."""
+        (MAR's convention), not the initial x_T. ``detail_temperature``, if given, replaces it on the
+        last ``detail_fraction`` of the steps (the lowest noise levels, where fine detail is drawn;
+        the coarse content is decided before)."""
         x = draws.normal(shape, device, rng)
         timestep_map = self._table("timestep_map", torch.device(device))
+        detail_steps = round(self.num_steps * detail_fraction) if detail_temperature is not None else 0
         for i in reversed(range(self.num_steps)):
             t = torch.full((1,), i, device=device, dtype=torch.long)
             out = self.p_mean_variance(model_fn(x, timestep_map[t]), x, t)
             noise = draws.normal(shape, device, rng)
             if i > 0:
-                x = out["mean"] + torch.exp(0.5 * out["log_var"]) * noise * temperature
+                scale = detail_temperature if i < detail_steps else temperature
+                x = out["mean"] + torch.exp(0.5 * out["log_var"]) * noise * scale
             else:
                 # The noise is still drawn at the last step so the random stream matches MAR's loop.
                 x = out["mean"]

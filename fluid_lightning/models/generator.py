@@ -270,14 +270,16 @@ class FluidGenerator(nn.Module):
         diffusion_sampler: str = "ddpm",
         timestep_spacing: str = "leading",
         on_step: Callable[[Tensor, Tensor], None] | None = None,
+        detail_temperature: float | None = None,
+        detail_fraction: float = 0.25,
     ) -> Tensor:
         """Generate tokens for B text conditions.
 
         ``cfg`` is the guidance scale; guidance doubles the batch with the null condition and is on
         whenever ``cfg != 1`` unless ``guidance`` says otherwise. The linear schedule ramps the scale
         from 1 to ``cfg`` with the fraction of tokens revealed (MAR). ``steps`` applies to
-        random order (capped at N); raster order always takes N steps. ``diffusion_*`` and
-        ``timestep_spacing`` choose how the diffusion head samples each token (`DiffusionHead.sample`).
+        random order (capped at N); raster order always takes N steps. ``diffusion_*``, ``timestep_spacing``
+        and ``detail_*`` choose how the diffusion head samples each token (`DiffusionHead.sample`).
         ``on_step(tokens, still_masked)`` sees the tokens after every step (to watch a sample form).
         """
         if cfg_schedule not in CFG_SCHEDULES:
@@ -301,6 +303,7 @@ class FluidGenerator(nn.Module):
             return self.head.sample(
                 z, temperature=temperature, cfg=scale(revealed) if guided else None, rng=rng, top_k=top_k,
                 diffusion_steps=diffusion_steps, diffusion_sampler=diffusion_sampler, timestep_spacing=timestep_spacing,
+                detail_temperature=detail_temperature, detail_fraction=detail_fraction,
             )
 
         if self.order == "random":

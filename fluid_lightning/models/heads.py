@@ -179,6 +179,8 @@ class DiffusionHead(nn.Module):
         diffusion_steps: int | None = None,
         diffusion_sampler: str = "ddpm",
         timestep_spacing: str = "leading",
+        detail_temperature: float | None = None,
+        detail_fraction: float = 0.25,
         **unused: object,
     ) -> Tensor:
         """cond [M, cond_dim] -> [M, token_dim]; with ``cfg``, cond is [cond; uncond] of 2M rows.
@@ -188,7 +190,9 @@ class DiffusionHead(nn.Module):
         linear in ε at a given x_t) and the conditional variance.
         ``diffusion_sampler``: ``ddpm`` (ancestral, MAR's) or a fewer-step ODE solver (``ddim``,
         ``dpm++``, see `GaussianDiffusion.solve`), over ``diffusion_steps`` (default: the head's
-        ``diffusion_steps``) training timesteps spaced by ``timestep_spacing``.
+        ``diffusion_steps``) training timesteps spaced by ``timestep_spacing``. ``detail_temperature``
+        (ddpm only: the solvers add no noise after the start) scales the noise of the last
+        ``detail_fraction`` of the steps instead of ``temperature`` (`GaussianDiffusion.sample`).
         """
         cond_embedding = self.net.embed_condition(cond)  # once, not per diffusion step
         if cfg is None:
@@ -211,12 +215,16 @@ class DiffusionHead(nn.Module):
 
         steps = diffusion_steps or self.diffusion_steps
         if diffusion_sampler != "ddpm":
+            if detail_temperature is not None:
+                raise ValueError(f"detail_temperature needs the ddpm sampler; {diffusion_sampler} adds no noise "
+                                 "after the start: leave detail_temperature unset (null)")
             return self.train_diffusion.solve(model_fn, (m, self.token_dim), diffusion_sampler, steps, timestep_spacing,
                                               cond.device, temperature, rng)
         key = (steps, timestep_spacing)
         if key not in self._respaced:
             self._respaced[key] = self.train_diffusion.respaced(steps, timestep_spacing)
-        return self._respaced[key].sample(model_fn, (m, self.token_dim), cond.device, temperature=temperature, rng=rng)
+        return self._respaced[key].sample(model_fn, (m, self.token_dim), cond.device, temperature=temperature, rng=rng,
+                                          detail_temperature=detail_temperature, detail_fraction=detail_fraction)
 
 
 class LogitsHead(nn.Module):
