@@ -53,7 +53,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                        help="continuous tokens: ancestral (ddpm, MAR's) or a fewer-step ODE solver")
     group.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS)
     group.add_argument("--detail-temperature", type=float,
-                       help="continuous tokens, ddpm: the temperature of each token's last diffusion steps")
+                       help="continuous tokens, ddpm: the temperature of each token's last diffusion steps "
+                       "(the --temperature value itself turns it off)")
     group.add_argument("--detail-fraction", type=float,
                        help=f"the fraction of diffusion steps --detail-temperature covers (e.g. {example.detail_fraction})")
 
