@@ -38,9 +38,10 @@ class SamplingSettings:
     solver from diffusers (``ddim``, ``dpm++``), over ``diffusion_steps`` timesteps (None: the head's
     ``diffusion_steps``) spaced as ``timestep_spacing`` says (``linspace``: both ends, MAR's;
     ``leading``: never the cosine schedule's singular last step; ``trailing``). ``detail_temperature``
-    (ddpm only; None: ``temperature`` throughout) scales the noise of the last ``detail_fraction`` of each
-    token's diffusion steps instead, the low-noise end where its fine detail is drawn: below 1 it
-    draws smoother objects while the earlier steps, at ``temperature``, still decide what goes where."""
+    (None: ``temperature`` throughout) scales the noise of the last ``detail_fraction`` of each token's
+    ``ddpm`` steps instead, the low-noise end where its fine detail is drawn: below 1 it draws smoother
+    objects while the earlier steps, at ``temperature``, still decide what goes where. The ODE solvers add
+    no noise after the start, so they ignore it, and a checkpoint that sets it still samples with them."""
 
     steps: int = 64
     cfg: float = 3.0
@@ -64,9 +65,6 @@ class SamplingSettings:
             raise ValueError(f"detail_temperature must be >= 0 (or null), got {self.detail_temperature}")
         if not 0.0 < self.detail_fraction <= 1.0:
             raise ValueError(f"detail_fraction must be in (0, 1], got {self.detail_fraction}")
-        if self.detail_temperature is not None and self.diffusion_sampler != "ddpm":
-            raise ValueError(f"detail_temperature needs diffusion_sampler 'ddpm' ({self.diffusion_sampler!r} adds no "
-                             "noise after the start); set it to null or use ddpm")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be at least 1 (or null), got {self.top_k}")
         if self.diffusion_steps is not None and self.diffusion_steps < 1:

@@ -191,8 +191,8 @@ class DiffusionHead(nn.Module):
         ``diffusion_sampler``: ``ddpm`` (ancestral, MAR's) or a fewer-step ODE solver (``ddim``,
         ``dpm++``, see `GaussianDiffusion.solve`), over ``diffusion_steps`` (default: the head's
         ``diffusion_steps``) training timesteps spaced by ``timestep_spacing``. ``detail_temperature``
-        (ddpm only: the solvers add no noise after the start) scales the noise of the last
-        ``detail_fraction`` of the steps instead of ``temperature`` (`GaussianDiffusion.sample`).
+        scales the noise of the last ``detail_fraction`` of the ``ddpm`` steps instead of ``temperature``
+        (`GaussianDiffusion.sample`); the solvers add no noise after the start and ignore it.
         """
         cond_embedding = self.net.embed_condition(cond)  # once, not per diffusion step
         if cfg is None:
@@ -215,9 +215,6 @@ class DiffusionHead(nn.Module):
 
         steps = diffusion_steps or self.diffusion_steps
         if diffusion_sampler != "ddpm":
-            if detail_temperature is not None:
-                raise ValueError(f"detail_temperature needs the ddpm sampler; {diffusion_sampler} adds no noise "
-                                 "after the start: leave detail_temperature unset (null)")
             return self.train_diffusion.solve(model_fn, (m, self.token_dim), diffusion_sampler, steps, timestep_spacing,
                                               cond.device, temperature, rng)
         key = (steps, timestep_spacing)
