@@ -41,7 +41,12 @@ class SamplingSettings:
     (None: ``temperature`` throughout) scales the noise of the last ``detail_fraction`` of each token's
     ``ddpm`` steps instead, the low-noise end where its fine detail is drawn: below 1 it draws smoother
     objects while the earlier steps, at ``temperature``, still decide what goes where. The ODE solvers add
-    no noise after the start, so they ignore it, and a checkpoint that sets it still samples with them."""
+    no noise after the start, so they ignore it, and a checkpoint that sets it still samples with them.
+
+    Random order only (raster order ignores them): ``refine_passes`` redraws every token that many times
+    more after the last step, ``refine_group`` tokens at a time, each given all the others, so the first
+    tokens, drawn with nothing in view, come to agree with the rest (each pass costs about what the
+    ``steps`` themselves cost; 0: off, as in MAR and Fluid)."""
 
     steps: int = 64
     cfg: float = 3.0
@@ -55,6 +60,8 @@ class SamplingSettings:
     timestep_spacing: Literal[TIMESTEP_SPACINGS] = "leading"
     detail_temperature: float | None = None
     detail_fraction: float = 0.25
+    refine_passes: int = 0
+    refine_group: int = 4
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -65,6 +72,10 @@ class SamplingSettings:
             raise ValueError(f"detail_temperature must be >= 0 (or null), got {self.detail_temperature}")
         if not 0.0 < self.detail_fraction <= 1.0:
             raise ValueError(f"detail_fraction must be in (0, 1], got {self.detail_fraction}")
+        if self.refine_passes < 0:
+            raise ValueError(f"refine_passes must be >= 0 (0: off), got {self.refine_passes}")
+        if self.refine_group < 1:
+            raise ValueError(f"refine_group must be at least 1, got {self.refine_group}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be at least 1 (or null), got {self.top_k}")
         if self.diffusion_steps is not None and self.diffusion_steps < 1:
@@ -104,6 +115,7 @@ def generate_images(generator: FluidGenerator, tokenizer: nn.Module, text_encode
             kv_cache=settings.kv_cache, rng=rng, progress=progress, diffusion_steps=settings.diffusion_steps,
             diffusion_sampler=settings.diffusion_sampler, timestep_spacing=settings.timestep_spacing, on_step=on_step,
             detail_temperature=settings.detail_temperature, detail_fraction=settings.detail_fraction,
+            refine_passes=settings.refine_passes, refine_group=settings.refine_group,
         )
         images = tokenizer.decode(tokens.to(dtype_of(tokenizer)) if tokens.is_floating_point() else tokens)
     finally:

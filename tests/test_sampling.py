@@ -15,6 +15,8 @@ from fluid_lightning.sampling import SamplingSettings, generate_images
     ({"detail_temperature": -0.5}, "detail_temperature must be >= 0"),
     ({"detail_fraction": 0.0}, "detail_fraction"),
     ({"detail_fraction": 1.5}, "detail_fraction"),
+    ({"refine_passes": -1}, "refine_passes must be >= 0"),
+    ({"refine_group": 0}, "refine_group must be at least 1"),
 ])
 def test_bad_settings_are_named_where_they_are_made(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -42,3 +44,16 @@ def test_the_detail_temperature_reaches_each_token_s_diffusion_head():
     plain = images({})
     assert torch.equal(images({"detail_temperature": 1.0}), plain)  # the temperature itself: the plain sampler
     assert not torch.allclose(images({"detail_temperature": 0.0}), plain)
+
+
+def test_refinement_reaches_the_generator():
+    module = tiny_module()
+    prompts = ["a photo of a red circle", "a photo of two squares"]
+    settings = SamplingSettings(steps=4, cfg=2.0)
+
+    def images(changes: dict) -> torch.Tensor:
+        return generate_images(module.generator, module.tokenizer, module.text_encoder, prompts, settings.replace(**changes))
+
+    plain = images({})
+    assert torch.equal(images({"refine_passes": 0, "refine_group": 1}), plain)
+    assert not torch.allclose(images({"refine_passes": 1}), plain)

@@ -18,6 +18,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
 
@@ -57,6 +65,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                        "(the --temperature value itself turns it off)")
     group.add_argument("--detail-fraction", type=float,
                        help=f"the fraction of diffusion steps --detail-temperature covers (e.g. {example.detail_fraction})")
+    group.add_argument("--refine-passes", type=non_negative_int,
+                       help="random order: redraw every token this many times more after the last step (0: off)")
+    group.add_argument("--refine-group", type=positive_int,
+                       help=f"tokens redrawn together in a refinement pass (e.g. {example.refine_group})")
 
 
 def sampling_from_arguments(settings: SamplingSettings, ns: argparse.Namespace) -> SamplingSettings:

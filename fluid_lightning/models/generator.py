@@ -272,6 +272,8 @@ class FluidGenerator(nn.Module):
         on_step: Callable[[Tensor, Tensor], None] | None = None,
         detail_temperature: float | None = None,
         detail_fraction: float = 0.25,
+        refine_passes: int = 0,
+        refine_group: int = 4,
     ) -> Tensor:
         """Generate tokens for B text conditions.
 
@@ -281,9 +283,17 @@ class FluidGenerator(nn.Module):
         random order (capped at N); raster order always takes N steps. ``diffusion_*``, ``timestep_spacing``
         and ``detail_*`` choose how the diffusion head samples each token (`DiffusionHead.sample`).
         ``on_step(tokens, still_masked)`` sees the tokens after every step (to watch a sample form).
+
+        ``refine_passes`` (random order; raster order, whose tokens may not read the ones after them,
+        ignores it): after the last step, each pass redraws every token once more, ``refine_group`` at a
+        time in a fresh random order, each given all the others at the full guidance scale. The first
+        tokens were drawn with nothing else in view; a pass lets them agree with the image that grew
+        around them (a deviation from MAR and Fluid, which never redraw a token; 0 turns it off).
         """
         if cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"cfg_schedule must be one of {', '.join(map(repr, CFG_SCHEDULES))}, got {cfg_schedule!r}")
+        if refine_passes < 0 or refine_group < 1:
+            raise ValueError(f"refine_passes must be >= 0 and refine_group >= 1, got {refine_passes} and {refine_group}")
         guided = cfg != 1.0 if guidance is None else guidance
         b = text.shape[0]
         ctx, ctx_mask = self.encode_text(text, text_mask)
@@ -307,28 +317,41 @@ class FluidGenerator(nn.Module):
             )
 
         if self.order == "random":
-            return self._sample_random(out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step)
+            refine = (refine_passes, refine_group)
+            return self._sample_random(out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step, refine)
         return self._sample_raster(out, ctx, ctx_mask, kv_cache, guided, predict, progress, on_step)
 
-    def _sample_random(self, out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step) -> Tensor:
+    def _sample_random(self, out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step, refine) -> Tensor:
         b, n = out.shape[:2]
         scores = draws.uniform((b, n), out.device, rng)
         rank = scores.argsort(dim=1).argsort(dim=1)
-        masked = torch.ones(b, n, dtype=torch.bool, device=out.device)
         schedule = cosine_mask_schedule(n, min(steps, n))
+        passes, group = refine
+        bar = tqdm(total=len(schedule) + passes * math.ceil(n / group), desc="sampling", disable=not progress, leave=False)
         text_cache = KVCache.empty(self.depth, self_attention=False)  # text keys/values, projected once
-        for n_next in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
+
+        def draw(masked: Tensor, to_predict: Tensor, revealed: int) -> None:
             z = self.conditions(torch.cat([out, out]) if guided else out, torch.cat([masked, masked]) if guided else masked,
                                 ctx, ctx_mask, text_cache)
-            still_masked = rank >= n - n_next  # tokens are revealed in their sample's order
-            to_predict = masked & ~still_masked
             cond = z[:b][to_predict]
             if guided:
                 cond = torch.cat([cond, z[b:][to_predict]])
-            out[to_predict] = predict(cond, n - n_next).to(out.dtype)
-            masked = still_masked
+            out[to_predict] = predict(cond, revealed).to(out.dtype)
+            bar.update()
             if on_step is not None:
-                on_step(out.clone(), masked.clone())
+                on_step(out.clone(), masked & ~to_predict)
+
+        masked = torch.ones(b, n, dtype=torch.bool, device=out.device)
+        for n_next in schedule:
+            still_masked = rank >= n - n_next  # tokens are revealed in their sample's order
+            draw(masked, masked & ~still_masked, n - n_next)
+            masked = still_masked
+        for _ in range(passes):  # every token in view but the ones redrawn now
+            order = draws.uniform((b, n), out.device, rng).argsort(dim=1).argsort(dim=1)
+            for first in range(0, n, group):
+                redrawn = (order >= first) & (order < first + group)
+                draw(redrawn, redrawn, n)
+        bar.close()
         return out
 
     def _sample_raster(self, out, ctx, ctx_mask, kv_cache, guided, predict, progress, on_step) -> Tensor:

@@ -216,6 +216,48 @@ def test_on_step_sees_every_step_and_the_last_one_is_the_sample(order, text):
     assert torch.equal(frames[-1][0], out)
 
 
+@pytest.mark.parametrize("tokens", ["continuous", "discrete"])
+def test_refinement_redraws_every_token_once_a_pass_with_all_the_others_in_view(tokens, text, monkeypatch):
+    torch.manual_seed(0)
+    gen = tiny_generator(tokens, "random").eval()
+    n, group = gen.num_tokens, 3
+
+    masks, frames = [], []
+    conditions = gen.conditions
+
+    def recording(tokens, masked, *args):
+        masks.append(masked[: len(masked) // 2].clone())  # the guided rows' half
+        return conditions(tokens, masked, *args)
+
+    def run(passes: int, on_step=None) -> torch.Tensor:
+        return gen.sample(*text, steps=4, cfg=2.0, rng=torch.Generator().manual_seed(0), refine_passes=passes,
+                          refine_group=group, on_step=on_step)
+
+    plain = run(0)
+    monkeypatch.setattr(gen, "conditions", recording)
+    refined = run(2, on_step=lambda tokens, masked: frames.append(tokens))
+    steps_per_pass = -(-n // group)
+    assert len(masks) == 4 + 2 * steps_per_pass
+    assert torch.equal(frames[3], plain)  # the passes start from exactly the plain sample
+    for p in range(2):
+        this_pass = torch.stack(masks[4 + p * steps_per_pass: 4 + (p + 1) * steps_per_pass])
+        assert (this_pass.sum(0) == 1).all()  # each token redrawn once, the others in view
+        assert (this_pass.sum(2) <= group).all()
+    assert not torch.equal(refined, plain) and torch.equal(frames[-1], refined)
+
+
+def test_raster_order_ignores_refinement(text):
+    torch.manual_seed(0)
+    gen = tiny_generator("continuous", "raster").eval()
+
+    def run(passes: int) -> torch.Tensor:
+        return gen.sample(*text, cfg=2.0, rng=torch.Generator().manual_seed(0), refine_passes=passes)
+
+    assert torch.equal(run(2), run(0))
+    with pytest.raises(ValueError, match="refine_passes must be >= 0"):
+        run(-1)
+
+
 @pytest.mark.parametrize("order", ["random", "raster"])
 def test_x0_loss_adds_the_readout_mse_on_the_predicted_tokens(order, text, monkeypatch):
     emb, mask = text
