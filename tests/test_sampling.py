@@ -33,7 +33,11 @@ def test_replace_changes_only_the_given_fields_and_the_seed_makes_the_stream():
     assert base.replace(seed=None).rng("cpu") is None  # the global stream
 
 
-def test_the_detail_temperature_reaches_each_token_s_diffusion_head():
+@pytest.mark.parametrize("same,changed", [
+    ({"detail_temperature": 1.0}, {"detail_temperature": 0.0}),  # at the temperature itself: the plain sampler
+    ({"refine_passes": 0, "refine_group": 1}, {"refine_passes": 1}),
+])
+def test_the_detail_temperature_and_refinement_reach_the_generator(same, changed):
     module = tiny_module()
     prompts = ["a photo of a red circle", "a photo of two squares"]
     settings = SamplingSettings(steps=4, cfg=2.0)
@@ -42,18 +46,5 @@ def test_the_detail_temperature_reaches_each_token_s_diffusion_head():
         return generate_images(module.generator, module.tokenizer, module.text_encoder, prompts, settings.replace(**changes))
 
     plain = images({})
-    assert torch.equal(images({"detail_temperature": 1.0}), plain)  # the temperature itself: the plain sampler
-    assert not torch.allclose(images({"detail_temperature": 0.0}), plain)
-
-
-def test_refinement_reaches_the_generator():
-    module = tiny_module()
-    prompts = ["a photo of a red circle", "a photo of two squares"]
-    settings = SamplingSettings(steps=4, cfg=2.0)
-
-    def images(changes: dict) -> torch.Tensor:
-        return generate_images(module.generator, module.tokenizer, module.text_encoder, prompts, settings.replace(**changes))
-
-    plain = images({})
-    assert torch.equal(images({"refine_passes": 0, "refine_group": 1}), plain)
-    assert not torch.allclose(images({"refine_passes": 1}), plain)
+    assert torch.equal(images(same), plain)
+    assert not torch.allclose(images(changed), plain)
