@@ -45,8 +45,8 @@ class SamplingSettings:
 
     Random order only (raster order ignores them): ``refine_passes`` redraws every token that many times
     more after the last step, ``refine_group`` tokens at a time, each given all the others, so the first
-    tokens, drawn with nothing in view, come to agree with the rest (each pass costs about what the
-    ``steps`` themselves cost; 0: off, as in MAR and Fluid)."""
+    tokens, drawn with nothing in view, come to agree with the rest (0: off, as in MAR and Fluid; two
+    passes of 4 over the quickstart's 16 tokens make its sampling take 1.6x as long)."""
 
     steps: int = 64
     cfg: float = 3.0
