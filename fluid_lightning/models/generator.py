@@ -317,16 +317,15 @@ class FluidGenerator(nn.Module):
             )
 
         if self.order == "random":
-            refine = (refine_passes, refine_group)
-            return self._sample_random(out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step, refine)
+            return self._sample_random(out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step,
+                                       refine_passes, refine_group)
         return self._sample_raster(out, ctx, ctx_mask, kv_cache, guided, predict, progress, on_step)
 
-    def _sample_random(self, out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step, refine) -> Tensor:
+    def _sample_random(self, out, ctx, ctx_mask, steps, guided, predict, rng, progress, on_step, passes, group) -> Tensor:
         b, n = out.shape[:2]
         scores = draws.uniform((b, n), out.device, rng)
         rank = scores.argsort(dim=1).argsort(dim=1)
         schedule = cosine_mask_schedule(n, min(steps, n))
-        passes, group = refine
         bar = tqdm(total=len(schedule) + passes * math.ceil(n / group), desc="sampling", disable=not progress, leave=False)
         text_cache = KVCache.empty(self.depth, self_attention=False)  # text keys/values, projected once
 

@@ -225,9 +225,9 @@ def test_refinement_redraws_every_token_once_a_pass_with_all_the_others_in_view(
     masks, frames = [], []
     conditions = gen.conditions
 
-    def recording(tokens, masked, *args):
+    def recording(grid_tokens, masked, *args):
         masks.append(masked[: len(masked) // 2].clone())  # the guided rows' half
-        return conditions(tokens, masked, *args)
+        return conditions(grid_tokens, masked, *args)
 
     def run(passes: int, on_step=None) -> torch.Tensor:
         return gen.sample(*text, steps=4, cfg=2.0, rng=torch.Generator().manual_seed(0), refine_passes=passes,
