@@ -89,6 +89,7 @@ class FluidGenerator(nn.Module):
         x0_loss_weight: float = 0.0,
         pooled_text: bool = False,
         neighbour_input: bool = False,
+        text_positions: bool = False,
     ):
         """Sizes follow the constructor names; ``grid_size`` and ``token_dim``/``vocab_size``
         must match the tokenizer, ``text_dim`` the text encoder's output width.
@@ -108,7 +109,12 @@ class FluidGenerator(nn.Module):
         ``neighbour_input`` (random order): every position's input also gets a learned 3×3 convolution of
         its revealed neighbours' embeddings, so a token still to predict sees the tokens around it from
         the first layer on, as a raster token sees the one before it; otherwise that comes through
-        attention alone (False in Fluid and MAR)."""
+        attention alone (False in Fluid and MAR).
+
+        ``text_positions``: the text aligner adds a sin-cos embedding of each caption token's index, so it
+        tells "a red circle and a blue square" from "a blue circle and a red square" even when the text
+        encoder's features hardly carry word order, as a small random T5's do; a pretrained T5 has learned
+        to carry it (False in Fluid)."""
         super().__init__()
         if token_kind not in ("continuous", "discrete"):
             raise ValueError(f"token_kind must be 'continuous' or 'discrete', got {token_kind!r}")
@@ -127,7 +133,7 @@ class FluidGenerator(nn.Module):
         self.mask_ratio = (mask_ratio_min, mask_ratio_mean, mask_ratio_std)
         self.x0_loss_weight = x0_loss_weight if token_kind == "continuous" else 0.0
 
-        self.text = TextAligner(text_dim, width, aligner_depth, num_heads, mlp_ratio, dropout)
+        self.text = TextAligner(text_dim, width, aligner_depth, num_heads, mlp_ratio, dropout, text_positions)
         self.embed = nn.Linear(token_dim, width) if token_kind == "continuous" else nn.Embedding(vocab_size, width)
         # Random order: what a token still to predict looks like. Raster: what the first position reads.
         setattr(self, self._learned_token_name, nn.Parameter(torch.zeros(1, 1, width)))

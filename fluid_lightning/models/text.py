@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from .frozen import keep_out_of_checkpoints
-from .transformer import Block
+from .transformer import Block, sincos_1d
 
 
 class T5TextEncoder(nn.Module):
@@ -94,10 +94,15 @@ class T5TextEncoder(nn.Module):
 
 class TextAligner(nn.Module):
     """Projects frozen text features to the transformer width and refines them with a few
-    trainable blocks (Fluid's "text aligner"); owns the learned null condition for CFG."""
+    trainable blocks (Fluid's "text aligner"); owns the learned null condition for CFG.
 
-    def __init__(self, text_dim: int, width: int, depth: int, num_heads: int, mlp_ratio: float, dropout: float):
+    ``positions``: adds a fixed sin-cos embedding of each caption token's index before the blocks, whose
+    attention is otherwise blind to word order."""
+
+    def __init__(self, text_dim: int, width: int, depth: int, num_heads: int, mlp_ratio: float, dropout: float,
+                 positions: bool = False):
         super().__init__()
+        self.positions = positions
         self.proj = nn.Linear(text_dim, width)
         self.blocks = nn.ModuleList(
             Block(width, num_heads, mlp_ratio, dropout, cross_attention=False) for _ in range(depth)
@@ -111,6 +116,8 @@ class TextAligner(nn.Module):
         condition: one learned token at position 0, the rest masked out."""
         key_mask = text_mask[:, None, None, :]
         x = self.proj(text)
+        if self.positions:
+            x = x + sincos_1d(torch.arange(x.shape[1]), x.shape[-1]).to(x)
         for block in self.blocks:
             x = block(x, self_mask=key_mask)
         x = self.norm(x)

@@ -196,21 +196,24 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def sincos_1d(positions: Tensor, dim: int) -> Tensor:
+    """Fixed sine-cosine embedding [len(positions), dim] of 1-D positions (Transformer, MAE)."""
+    if dim % 2:
+        raise ValueError(f"width {dim} must be even for sin-cos position embeddings")
+    half = dim // 2
+    freqs = 1.0 / (10000 ** (torch.arange(half, dtype=torch.float64) / half))
+    angles = positions.to(torch.float64).reshape(-1, 1) * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
 def sincos_2d(grid_size: int, dim: int) -> Tensor:
     """Fixed 2-D sine-cosine embedding [grid_size², dim] (MAE): half the channels encode the row,
     half the column, so a token knows where it sits on the image grid."""
     if dim % 4:
         raise ValueError(f"width {dim} must be divisible by 4 for 2-D sin-cos position embeddings")
-    quarter = dim // 4
-    freqs = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
-    coords = torch.arange(grid_size, dtype=torch.float64)
+    coords = torch.arange(grid_size)
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-
-    def encode(pos: Tensor) -> Tensor:
-        angles = pos.reshape(-1, 1) * freqs[None, :]
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+    return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim // 2)], dim=1)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -1,10 +1,10 @@
-"""The T5 text encoder: frozen unless asked, loaded from a folder, left out of checkpoints when it is."""
+"""The T5 text encoder: frozen unless asked, loaded from a folder, left out of checkpoints when it is; the aligner."""
 
 import pytest
 import torch
 from tiny import TINY_T5
 
-from fluid_lightning.models import T5TextEncoder
+from fluid_lightning.models import T5TextEncoder, TextAligner
 
 
 def test_a_frozen_encoder_gets_no_gradient_and_stays_in_eval_and_a_trainable_one_learns():
@@ -36,3 +36,18 @@ def test_pretrained_t5_loads_from_a_folder_and_is_left_out_of_checkpoints_unless
 def test_t5_from_a_missing_folder_names_the_fix(tmp_path):
     with pytest.raises(OSError, match="local folder"):
         T5TextEncoder(pretrained=str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("positions", [False, True])
+def test_the_aligner_reads_word_order_only_with_text_positions(positions):
+    """A caption's words in another order give the same aligned words, reordered, unless the aligner
+    adds positions: then "a red circle and a blue square" differs from its colour-swapped twin even
+    when the text features are a bag of words."""
+    torch.manual_seed(0)
+    aligner = TextAligner(text_dim=8, width=16, depth=1, num_heads=2, mlp_ratio=2.0, dropout=0.0, positions=positions)
+    words = torch.randn(1, 6, 8)
+    order = torch.tensor([0, 4, 2, 3, 1, 5])  # "red" and "blue" swap places
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    aligned, _ = aligner(words, mask)
+    reordered, _ = aligner(words[:, order], mask)
+    assert torch.allclose(reordered, aligned[:, order], atol=1e-6) != positions
