@@ -31,7 +31,8 @@ from fluid_lightning.pipeline import FluidPipeline, to_pil
 
 FIELD_TYPES = {"cfg": float, "temperature": float, "cfg_schedule": str, "top_k": int, "timestep_spacing": str,
                "steps": int, "diffusion_steps": int, "diffusion_sampler": str, "detail_temperature": float,
-               "detail_fraction": float, "refine_passes": int, "refine_group": int}
+               "detail_fraction": float, "refine_passes": int, "refine_group": int,
+               "refine_temperature": float}
 
 
 def parse_fields(fields: list[str], text: str) -> dict:

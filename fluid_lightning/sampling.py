@@ -46,7 +46,9 @@ class SamplingSettings:
     Random order only (raster order ignores them): ``refine_passes`` redraws every token that many times
     more after the last step, ``refine_group`` tokens at a time, each given all the others, so the first
     tokens, drawn with nothing in view, come to agree with the rest (0: off, as in MAR and Fluid; two
-    passes of 4 over the quickstart's 16 tokens make its sampling take 1.6x as long)."""
+    passes of 4 over the quickstart's 16 tokens make its sampling take 1.6x as long). ``refine_temperature``
+    (None: the steps' ``temperature`` and ``detail_temperature``) is the passes' own temperature, on every
+    diffusion step of a redrawn token: a token redrawn with all the others in view needs little noise."""
 
     steps: int = 64
     cfg: float = 3.0
@@ -62,6 +64,7 @@ class SamplingSettings:
     detail_fraction: float = 0.25
     refine_passes: int = 0
     refine_group: int = 4
+    refine_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -76,6 +79,8 @@ class SamplingSettings:
             raise ValueError(f"refine_passes must be >= 0 (0: off), got {self.refine_passes}")
         if self.refine_group < 1:
             raise ValueError(f"refine_group must be at least 1, got {self.refine_group}")
+        if self.refine_temperature is not None and self.refine_temperature < 0:
+            raise ValueError(f"refine_temperature must be >= 0 (or null), got {self.refine_temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be at least 1 (or null), got {self.top_k}")
         if self.diffusion_steps is not None and self.diffusion_steps < 1:
@@ -116,6 +121,7 @@ def generate_images(generator: FluidGenerator, tokenizer: nn.Module, text_encode
             diffusion_sampler=settings.diffusion_sampler, timestep_spacing=settings.timestep_spacing, on_step=on_step,
             detail_temperature=settings.detail_temperature, detail_fraction=settings.detail_fraction,
             refine_passes=settings.refine_passes, refine_group=settings.refine_group,
+            refine_temperature=settings.refine_temperature,
         )
         images = tokenizer.decode(tokens.to(dtype_of(tokenizer)) if tokens.is_floating_point() else tokens)
     finally:

@@ -17,6 +17,7 @@ from fluid_lightning.sampling import SamplingSettings, generate_images
     ({"detail_fraction": 1.5}, "detail_fraction"),
     ({"refine_passes": -1}, "refine_passes must be >= 0"),
     ({"refine_group": 0}, "refine_group must be at least 1"),
+    ({"refine_temperature": -0.1}, "refine_temperature must be >= 0"),
 ])
 def test_bad_settings_are_named_where_they_are_made(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -33,14 +34,16 @@ def test_replace_changes_only_the_given_fields_and_the_seed_makes_the_stream():
     assert base.replace(seed=None).rng("cpu") is None  # the global stream
 
 
-@pytest.mark.parametrize("same,changed", [
-    ({"detail_temperature": 1.0}, {"detail_temperature": 0.0}),  # at the temperature itself: the plain sampler
-    ({"refine_passes": 0, "refine_group": 1}, {"refine_passes": 1}),
+@pytest.mark.parametrize("base,same,changed", [
+    ({}, {"detail_temperature": 1.0}, {"detail_temperature": 0.0}),  # at the temperature itself: the plain sampler
+    ({}, {"refine_passes": 0, "refine_group": 1}, {"refine_passes": 1}),
+    ({}, {"refine_temperature": 0.0}, {"refine_passes": 1}),  # the passes' temperature needs passes
+    ({"refine_passes": 1}, {"refine_temperature": None}, {"refine_temperature": 0.0}),
 ])
-def test_the_detail_temperature_and_refinement_reach_the_generator(same, changed):
+def test_the_detail_temperature_and_refinement_reach_the_generator(base, same, changed):
     module = tiny_module()
     prompts = ["a photo of a red circle", "a photo of two squares"]
-    settings = SamplingSettings(steps=4, cfg=2.0)
+    settings = SamplingSettings(steps=4, cfg=2.0, **base)
 
     def images(changes: dict) -> torch.Tensor:
         return generate_images(module.generator, module.tokenizer, module.text_encoder, prompts, settings.replace(**changes))

@@ -69,6 +69,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                        help="random order: redraw every token this many times more after the last step (0: off)")
     group.add_argument("--refine-group", type=positive_int,
                        help=f"tokens redrawn together in a refinement pass (e.g. {example.refine_group})")
+    group.add_argument("--refine-temperature", type=float,
+                       help="random order: the refinement passes' temperature, on every diffusion step of a redrawn "
+                       "token (e.g. 0.25; default: the steps' temperatures)")
 
 
 def sampling_from_arguments(settings: SamplingSettings, ns: argparse.Namespace) -> SamplingSettings:

@@ -280,6 +280,7 @@ class FluidGenerator(nn.Module):
         detail_fraction: float = 0.25,
         refine_passes: int = 0,
         refine_group: int = 4,
+        refine_temperature: float | None = None,
     ) -> Tensor:
         """Generate tokens for B text conditions.
 
@@ -295,11 +296,15 @@ class FluidGenerator(nn.Module):
         time in a fresh random order, each given all the others at the full guidance scale. The first
         tokens were drawn with nothing else in view; a pass lets them agree with the image that grew
         around them (a deviation from MAR and Fluid, which never redraw a token; 0 turns it off).
+        ``refine_temperature`` (None: as the steps) is the passes' temperature, on every diffusion step of
+        a redrawn token (its ``detail_temperature`` then does not apply).
         """
         if cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"cfg_schedule must be one of {', '.join(map(repr, CFG_SCHEDULES))}, got {cfg_schedule!r}")
         if refine_passes < 0 or refine_group < 1:
             raise ValueError(f"refine_passes must be >= 0 and refine_group >= 1, got {refine_passes} and {refine_group}")
+        if refine_temperature is not None and refine_temperature < 0:
+            raise ValueError(f"refine_temperature must be >= 0 (or None), got {refine_temperature}")
         guided = cfg != 1.0 if guidance is None else guidance
         b = text.shape[0]
         ctx, ctx_mask = self.encode_text(text, text_mask)
@@ -315,11 +320,13 @@ class FluidGenerator(nn.Module):
         def scale(revealed: int) -> float:
             return 1.0 + (cfg - 1.0) * revealed / n if cfg_schedule == "linear" else cfg
 
-        def predict(z: Tensor, revealed: int) -> Tensor:
+        def predict(z: Tensor, revealed: int, refining: bool = False) -> Tensor:
+            own = refining and refine_temperature is not None
             return self.head.sample(
-                z, temperature=temperature, cfg=scale(revealed) if guided else None, rng=rng, top_k=top_k,
-                diffusion_steps=diffusion_steps, diffusion_sampler=diffusion_sampler, timestep_spacing=timestep_spacing,
-                detail_temperature=detail_temperature, detail_fraction=detail_fraction,
+                z, temperature=refine_temperature if own else temperature, cfg=scale(revealed) if guided else None,
+                rng=rng, top_k=top_k, diffusion_steps=diffusion_steps, diffusion_sampler=diffusion_sampler,
+                timestep_spacing=timestep_spacing, detail_temperature=None if own else detail_temperature,
+                detail_fraction=detail_fraction,
             )
 
         if self.order == "random":
@@ -335,13 +342,13 @@ class FluidGenerator(nn.Module):
         bar = tqdm(total=len(schedule) + passes * math.ceil(n / group), desc="sampling", disable=not progress, leave=False)
         text_cache = KVCache.empty(self.depth, self_attention=False)  # text keys/values, projected once
 
-        def draw(masked: Tensor, to_predict: Tensor, revealed: int) -> None:
+        def draw(masked: Tensor, to_predict: Tensor, revealed: int, refining: bool = False) -> None:
             z = self.conditions(torch.cat([out, out]) if guided else out, torch.cat([masked, masked]) if guided else masked,
                                 ctx, ctx_mask, text_cache)
             cond = z[:b][to_predict]
             if guided:
                 cond = torch.cat([cond, z[b:][to_predict]])
-            out[to_predict] = predict(cond, revealed).to(out.dtype)
+            out[to_predict] = predict(cond, revealed, refining).to(out.dtype)
             bar.update()
             if on_step is not None:
                 on_step(out.clone(), masked & ~to_predict)
@@ -355,7 +362,7 @@ class FluidGenerator(nn.Module):
             order = draws.uniform((b, n), out.device, rng).argsort(dim=1).argsort(dim=1)
             for first in range(0, n, group):
                 redrawn = (order >= first) & (order < first + group)
-                draw(redrawn, redrawn, n)
+                draw(redrawn, redrawn, n, refining=True)
         bar.close()
         return out
 

@@ -246,6 +246,28 @@ def test_refinement_redraws_every_token_once_a_pass_with_all_the_others_in_view(
     assert not torch.equal(refined, plain) and torch.equal(frames[-1], refined)
 
 
+@pytest.mark.parametrize("tokens", ["continuous", "discrete"])
+def test_the_passes_draw_at_the_refine_temperature_and_the_steps_at_theirs(tokens, text, monkeypatch):
+    torch.manual_seed(0)
+    gen = tiny_generator(tokens, "random").eval()
+    calls = []
+    head_sample = gen.head.sample
+
+    def recording(cond, **kwargs):
+        calls.append((kwargs["temperature"], kwargs.get("detail_temperature")))
+        return head_sample(cond, **kwargs)
+
+    monkeypatch.setattr(gen.head, "sample", recording)
+    passes = -(-gen.num_tokens // 4)
+    gen.sample(*text, steps=4, temperature=0.9, detail_temperature=0.5, refine_passes=1, refine_temperature=0.2)
+    assert calls == [(0.9, 0.5)] * 4 + [(0.2, None)] * passes
+    calls.clear()
+    gen.sample(*text, steps=4, temperature=0.9, detail_temperature=0.5, refine_passes=1)  # None: as the steps
+    assert calls == [(0.9, 0.5)] * (4 + passes)
+    with pytest.raises(ValueError, match="refine_temperature must be >= 0"):
+        gen.sample(*text, steps=4, refine_passes=1, refine_temperature=-1.0)
+
+
 def test_raster_order_ignores_refinement(text):
     torch.manual_seed(0)
     gen = tiny_generator("continuous", "raster").eval()
