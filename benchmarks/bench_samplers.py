@@ -36,13 +36,14 @@ FIELD_TYPES = {"cfg": float, "temperature": float, "cfg_schedule": str, "top_k":
 
 
 def parse_fields(fields: list[str], text: str) -> dict:
-    """``name=value`` SamplingSettings fields (``text``: the whole setting, for the error)."""
+    """``name=value`` SamplingSettings fields (``text``: the whole setting, for the error); ``none`` or ``null``
+    unsets an optional field (``refine_temperature=none``)."""
     setting = {}
     for field in fields:
         name, _, value = field.partition("=")
         if name not in FIELD_TYPES:
             raise SystemExit(f"unknown setting field {name!r} in {text!r}; choose from {sorted(FIELD_TYPES)}")
-        setting[name] = FIELD_TYPES[name](value)
+        setting[name] = None if value.lower() in ("none", "null") else FIELD_TYPES[name](value)
     return setting
 
 
