@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .callbacks.caption_use import CaptionUse
 from .callbacks.progress import LineProgress
-from .callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint
+from .callbacks.reliability import LastAtEndCheckpoint, NonFiniteLossGuard, PreemptionCheckpoint
 from .checkpointing import CheckpointError, checkpoints_in, find_last_checkpoint, safe_load, upgrade_hparams
 from .commands import checkpoint, data, evaluate, params, sample, tokenizer
 from .config import register_resolvers
@@ -41,7 +41,7 @@ COMMANDS = {"sample": sample, "params": params, "data": data, "evaluate": evalua
 # a `trainer.callbacks` list in a config or on the command line adds to them instead of replacing them.
 ATOMIC_CHECKPOINT_IO = "fluid_lightning.checkpointing.AtomicCheckpointIO"  # the default trainer.plugins
 DEFAULT_CALLBACKS = {
-    "checkpoint": (ModelCheckpoint, {"save_last": True, "every_n_train_steps": 500, "enable_version_counter": False}),
+    "checkpoint": (LastAtEndCheckpoint, {"save_last": True, "every_n_train_steps": 500, "enable_version_counter": False}),
     "lr_monitor": (LearningRateMonitor, {"logging_interval": "step"}),
     "nonfinite_guard": (NonFiniteLossGuard, {}),
     "preemption": (PreemptionCheckpoint, {}),

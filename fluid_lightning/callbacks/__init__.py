@@ -7,7 +7,7 @@ from .fid import FIDCallback
 from .image_grid import ImageGrid
 from .image_writer import ImageWriter
 from .progress import LineProgress
-from .reliability import NonFiniteLossGuard, PreemptionCheckpoint
+from .reliability import LastAtEndCheckpoint, NonFiniteLossGuard, PreemptionCheckpoint
 from .shapes_eval import ShapesEvalCallback
 from .throughput import Throughput
 
@@ -18,6 +18,7 @@ __all__ = [
     "FIDCallback",
     "ImageGrid",
     "ImageWriter",
+    "LastAtEndCheckpoint",
     "LineProgress",
     "NonFiniteLossGuard",
     "PreemptionCheckpoint",

@@ -12,6 +12,9 @@ Other signals listed in ``signals`` (SIGUSR1 outside SLURM, e.g. under torchrun 
 ``--signal`` wrapper) are caught here and handled the same way after the current step. Under SLURM
 with ``SLURMEnvironment(auto_requeue=True)`` (Lightning's default), Lightning itself saves an
 ``hpc_ckpt_*.ckpt`` on SIGUSR1 and requeues the job; leave SIGUSR1 to it there.
+
+``LastAtEndCheckpoint``: Lightning's ``ModelCheckpoint`` (every fit's ``checkpoint``), except that
+``last.ckpt`` also holds the end of fit when it falls between two ``every_n_train_steps`` saves.
 """
 
 from __future__ import annotations
@@ -23,6 +26,21 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class LastAtEndCheckpoint(ModelCheckpoint):
+    """Lightning writes ``last.ckpt`` only with a step's checkpoint, so a fit of 8300 steps with a checkpoint
+    every 3500 would end with ``last.ckpt`` at step 7000; this one also writes it at the end of fit."""
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key: checkpoints written with either class resume alike, without a warning.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skipped if this step was saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
 
 
 def checkpoint_dir(trainer: L.Trainer) -> Path:

@@ -13,11 +13,12 @@ import lightning as L
 import pytest
 import torch
 from cli_runs import assert_same_weights, finish, fit_command, generator_weights, start, wait_for
-from tiny import tiny_module
+from tiny import CONF, tiny_module
 
 from fluid_lightning.callbacks import NonFiniteLossGuard
 from fluid_lightning.callbacks.reliability import NonFiniteLossError
 from fluid_lightning.checkpointing import safe_load
+from fluid_lightning.cli import main
 from fluid_lightning.data.shapes import ShapesDataModule
 from fluid_lightning.lit.generator_module import GeneratorModule
 
@@ -129,3 +130,16 @@ def test_sigusr1_outside_slurm_saves_and_stops_after_the_step(tmp_path):
     assert trainer.global_step == 2
     assert safe_load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
     assert signal.getsignal(signal.SIGUSR1) == previous  # handler removed after fit
+
+
+def test_last_ckpt_holds_the_end_of_fit_between_two_interval_checkpoints(tmp_path):
+    """With a checkpoint every 2 steps, a 3-step fit still ends with last.ckpt at step 3 (Lightning's own
+    ModelCheckpoint leaves it at step 2), and its state resumes under ModelCheckpoint's own key."""
+    root = tmp_path / "run"
+    main(["fit", "--config", str(CONF / "trainer/cpu.yaml"), "--config", str(CONF / "data/shapes.yaml"),
+          "--config", str(CONF / "model/tiny_fluid.yaml"), "--trainer.max_steps=3", "--trainer.limit_val_batches=0",
+          "--data.init_args.batch_size=4", "--data.init_args.num_train=12", "--trainer.enable_progress_bar=false",
+          "--checkpoint.every_n_train_steps=2", "--trainer.default_root_dir", str(root)])
+    saved = {p.name: safe_load(p)["global_step"] for p in (root / "checkpoints").glob("*.ckpt")}
+    assert saved == {"epoch=0-step=2.ckpt": 2, "last.ckpt": 3}
+    assert any(key.startswith("ModelCheckpoint{") for key in safe_load(root / "checkpoints/last.ckpt")["callbacks"])
