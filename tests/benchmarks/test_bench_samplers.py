@@ -1,14 +1,12 @@
 """benchmarks/bench_samplers.py's settings: a sampler head and SamplingSettings fields, with ``none`` unsetting one."""
 
 import importlib.util
-import sys
 
 import pytest
 from tiny import ROOT
 
 from fluid_lightning.sampling import SamplingSettings
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
 SPEC = importlib.util.spec_from_file_location("bench_samplers", ROOT / "benchmarks/bench_samplers.py")
 bench_samplers = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(bench_samplers)
