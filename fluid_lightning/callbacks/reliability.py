@@ -6,7 +6,8 @@ row — diverged weights do not recover by themselves — writing a checkpoint f
 error that says what happened, so a scheduler does not requeue a broken run forever.
 
 ``PreemptionCheckpoint``: writes ``<checkpoint dir>/last.ckpt`` when the job is told to stop, so
-``--ckpt_path last`` resumes from the latest step. SIGTERM: Lightning's own handler flags it on all
+``--ckpt_path last`` resumes from the latest step (through the fit's ``LastAtEndCheckpoint`` when it keeps
+``last.ckpt``, so the end of fit does not write it a second time). SIGTERM: Lightning's own handler flags it on all
 ranks and ends the loop with ``SIGTERMException`` after the current step; this callback saves then.
 Other signals listed in ``signals`` (SIGUSR1 outside SLURM, e.g. under torchrun with a
 ``--signal`` wrapper) are caught here and handled the same way after the current step. Under SLURM
@@ -37,9 +38,16 @@ class LastAtEndCheckpoint(ModelCheckpoint):
         # ModelCheckpoint's own key: checkpoints written with either class resume alike, without a warning.
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
+    def write_last(self, trainer: L.Trainer) -> Path:
+        """Write ``last.ckpt`` now, as a step's checkpoint would, so the end of fit does not write it again at
+        the same step (a second write could be cut off by the scheduler's kill after a stop signal)."""
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return Path(self.last_model_path)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skipped if this step was saved
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # Not with save_last="link": the link would point at the last interval checkpoint, an earlier step.
+        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):  # skipped if saved
+            self.write_last(trainer)
         super().on_train_end(trainer, pl_module)
 
 
@@ -102,7 +110,12 @@ class PreemptionCheckpoint(L.Callback):
 
     def save(self, trainer: L.Trainer, reason: str) -> Path:
         path = checkpoint_dir(trainer) / self.filename
-        trainer.save_checkpoint(path, weights_only=False)  # resumable: optimizer and loops included
+        keeper = trainer.checkpoint_callback
+        if (isinstance(keeper, LastAtEndCheckpoint) and keeper.save_last is True
+                and self.filename == keeper.CHECKPOINT_NAME_LAST + keeper.FILE_EXTENSION):
+            path = keeper.write_last(trainer)  # through the checkpoint callback, which then knows this step is saved
+        else:
+            trainer.save_checkpoint(path, weights_only=False)  # resumable: optimizer and loops included
         if trainer.is_global_zero:
             rank_zero_warn(f"{reason}: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
         return path

@@ -132,6 +132,32 @@ def test_sigusr1_outside_slurm_saves_and_stops_after_the_step(tmp_path):
     assert signal.getsignal(signal.SIGUSR1) == previous  # handler removed after fit
 
 
+class CountSaves(L.Callback):
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        self.steps.append(trainer.global_step)
+
+
+def test_a_stop_signal_writes_last_ckpt_once_through_the_checkpoint_callback(tmp_path):
+    """After SIGUSR1 the run saves last.ckpt once: the end of fit does not write it again at the same step,
+    where a scheduler's kill could cut the second write off."""
+    from fluid_lightning.callbacks import PreemptionCheckpoint
+    from fluid_lightning.callbacks.reliability import LastAtEndCheckpoint
+
+    saves = CountSaves()
+    keeper = LastAtEndCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=100,
+                                 enable_version_counter=False)
+    trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+                        callbacks=[SendSignal(), PreemptionCheckpoint(signals=["SIGUSR1"]), keeper, saves])
+    trainer.fit(tiny_module(), ShapesDataModule(image_size=32, num_train=64, batch_size=4))
+    assert trainer.global_step == 2
+    assert saves.steps == [2]
+    assert safe_load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
 def test_last_ckpt_holds_the_end_of_fit_between_two_interval_checkpoints(tmp_path):
     """With a checkpoint every 2 steps, a 3-step fit still ends with last.ckpt at step 3 (Lightning's own
     ModelCheckpoint leaves it at step 2), and its state resumes under ModelCheckpoint's own key."""
