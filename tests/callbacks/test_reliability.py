@@ -15,8 +15,8 @@ import torch
 from cli_runs import assert_same_weights, finish, fit_command, generator_weights, start, wait_for
 from tiny import CONF, tiny_module
 
-from fluid_lightning.callbacks import NonFiniteLossGuard
-from fluid_lightning.callbacks.reliability import NonFiniteLossError
+from fluid_lightning.callbacks import NonFiniteLossGuard, PreemptionCheckpoint
+from fluid_lightning.callbacks.reliability import LastAtEndCheckpoint, NonFiniteLossError
 from fluid_lightning.checkpointing import safe_load
 from fluid_lightning.cli import main
 from fluid_lightning.data.shapes import ShapesDataModule
@@ -123,8 +123,6 @@ class SendSignal(L.Callback):
 
 
 def test_sigusr1_outside_slurm_saves_and_stops_after_the_step(tmp_path):
-    from fluid_lightning.callbacks import PreemptionCheckpoint
-
     previous = signal.getsignal(signal.SIGUSR1)
     trainer = tiny_fit(tiny_module(), tmp_path, 10, [SendSignal(), PreemptionCheckpoint(signals=["SIGUSR1"])])
     assert trainer.global_step == 2
@@ -143,9 +141,6 @@ class CountSaves(L.Callback):
 def test_a_stop_signal_writes_last_ckpt_once_through_the_checkpoint_callback(tmp_path):
     """After SIGUSR1 the run saves last.ckpt once: the end of fit does not write it again at the same step,
     where a scheduler's kill could cut the second write off."""
-    from fluid_lightning.callbacks import PreemptionCheckpoint
-    from fluid_lightning.callbacks.reliability import LastAtEndCheckpoint
-
     saves = CountSaves()
     keeper = LastAtEndCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=100,
                                  enable_version_counter=False)
