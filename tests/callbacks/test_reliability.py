@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 from cli_runs import assert_same_weights, finish, fit_command, generator_weights, start, wait_for
+from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny import CONF, tiny_module
 
 from fluid_lightning.callbacks import NonFiniteLossGuard, PreemptionCheckpoint
@@ -77,7 +78,9 @@ def poison(module: GeneratorModule, bad_steps) -> None:
 
 
 def tiny_fit(module: GeneratorModule, tmp_path: Path, max_steps: int, callbacks: list) -> L.Trainer:
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+    """A short fit with only the given callbacks (Lightning's default checkpointing only if one of them is it)."""
+    checkpointing = any(isinstance(cb, ModelCheckpoint) for cb in callbacks)
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=checkpointing,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         default_root_dir=tmp_path, callbacks=callbacks)
     trainer.fit(module, ShapesDataModule(image_size=32, num_train=64, batch_size=4))
@@ -144,10 +147,8 @@ def test_a_stop_signal_writes_last_ckpt_once_through_the_checkpoint_callback(tmp
     saves = CountSaves()
     keeper = LastAtEndCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=100,
                                  enable_version_counter=False)
-    trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
-                        callbacks=[SendSignal(), PreemptionCheckpoint(signals=["SIGUSR1"]), keeper, saves])
-    trainer.fit(tiny_module(), ShapesDataModule(image_size=32, num_train=64, batch_size=4))
+    callbacks = [SendSignal(), PreemptionCheckpoint(signals=["SIGUSR1"]), keeper, saves]
+    trainer = tiny_fit(tiny_module(), tmp_path, 10, callbacks)
     assert trainer.global_step == 2
     assert saves.steps == [2]
     assert safe_load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
