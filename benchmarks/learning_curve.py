@@ -11,7 +11,7 @@ stream), the loss with seeded draws and the two caption numbers every fit logs (
 caption/spread: `fluid_lightning.evaluation.caption_use`); then it samples the shapes suite's records
 of those tags (`--min-per-tag`, one image each, once per `--seeds`) with the checkpoint's sampling
 settings, changed by `--setting` fields (`cfg=3,cfg_schedule=constant,temperature=0.7`), and scores
-them per tag. Results are kept in `--json` by checkpoint, so a rerun scores only new checkpoints.
+them per tag, and over the prompts training saw against the held-out ones. Results are kept in `--json` by checkpoint, so a rerun scores only new checkpoints.
 Prints a markdown table; `--plot` draws score and val loss against steps (log 2 axis).
 """
 
@@ -30,7 +30,13 @@ from study import ema_val_loss
 
 from fluid_lightning.checkpointing import load
 from fluid_lightning.data.pixels import images_to_float
-from fluid_lightning.data.shapes import ShapesDataset, collate_images, evaluation_suite, geneval_metadata
+from fluid_lightning.data.shapes import (
+    ShapesDataset,
+    collate_images,
+    evaluation_suite,
+    geneval_metadata,
+    is_heldout,
+)
 from fluid_lightning.data.vocabulary import TAGS
 from fluid_lightning.evaluation.caption_use import condition_spread, first_of_each, shuffle_gap
 from fluid_lightning.evaluation.geneval import summarize
@@ -68,16 +74,34 @@ def score(ckpt: Path, tags: tuple[str, ...], ns: argparse.Namespace) -> dict:
     module = load(GeneratorModule, ckpt).eval()
     result = {"val/loss": ema_val_loss(module, ns.val, 32, tags=tags), **caption_numbers(module, tags, ns.val)}
     pipe = FluidPipeline.from_module(module)
-    records = [geneval_metadata(s) for s in evaluation_suite(min_per_tag=ns.min_per_tag) if s.tag in tags]
+    specs = [s for s in evaluation_suite(min_per_tag=ns.min_per_tag) if s.tag in tags]
+    records, heldout = [geneval_metadata(s) for s in specs], [is_heldout(s) for s in specs]
     per_seed = []
     for seed in ns.seeds:
         images = [im for batch in pipe.generate_batches([r["prompt"] for r in records], 64, seed=seed,
                                                           **parse_fields(list(filter(None, ns.setting.split(","))), ns.setting))
                   for im in to_pil(batch)]
-        summary = summarize(score_images(images, records))
-        per_seed.append({tag: summary["tags"][tag]["accuracy"] for tag in tags} | {"overall": summary["overall"]})
+        results = score_images(images, records)
+        summary = summarize(results)
+        per_seed.append({tag: summary["tags"][tag]["accuracy"] for tag in tags} | {"overall": summary["overall"]}
+                        | split_accuracy(results, heldout))
     result["shapes"] = per_seed
     return result
+
+
+def split_accuracy(results: list[dict], heldout: list[bool]) -> dict:
+    """Accuracy over the records whose prompt training saw, and over the held-out ones (a colour on a shape
+    never drawn in it, a count, relation or pair never captioned): what a model composes rather than recalls."""
+    split = {}
+    for name, wanted in (("seen", False), ("heldout", True)):
+        hits = [r["correct"] for r, h in zip(results, heldout) if h == wanted]
+        split[name] = sum(hits) / len(hits) if hits else None
+    return split
+
+
+def mean_of(rows: list[dict], key: str) -> str:
+    values = [row[key] for row in rows if row.get(key) is not None]
+    return f"{statistics.mean(values):.2f}" if values else "—"
 
 
 def plot(table: dict[str, dict[int, dict]], tags: tuple[str, ...], path: Path) -> None:
@@ -125,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, dict]]:
                     ns.json.write_text(json.dumps(cache, indent=1))
             table.setdefault(run.name, {})[step] = cache[key]
             row = cache[key]
-            shapes = " | ".join(f"{statistics.mean(s[t] for s in row['shapes']):.2f}" for t in tags)
+            shapes = " | ".join(mean_of(row["shapes"], key) for key in (*tags, "seen", "heldout"))
             print(f"| {run.name} | {step} | {shapes} | {row['val/loss']:.4f} | {row['caption/shuffle_gap']:.4f} "
                   f"| {row['caption/spread']:.3f} |", flush=True)
     if ns.plot:

@@ -32,7 +32,8 @@ def test_every_step_checkpoint_gets_scores_caption_numbers_and_a_loss(tmp_path, 
     table = learning_curve.main(args)["rung"]
     assert sorted(table) == [2, 4]
     for row in table.values():
-        assert set(row["shapes"][0]) == {"single_object", "colors", "overall"}
+        assert set(row["shapes"][0]) == {"single_object", "colors", "overall", "seen", "heldout"}
+        assert row["shapes"][0]["heldout"] is not None  # the colours suite names held-out colour x shape pairs
         assert math.isfinite(row["val/loss"]) and math.isfinite(row["caption/shuffle_gap"])
         assert row["caption/spread"] >= 0
     assert (tmp_path / "curve.png").stat().st_size > 0
@@ -44,3 +45,10 @@ def test_every_step_checkpoint_gets_scores_caption_numbers_and_a_loss(tmp_path, 
     kept = json.loads((tmp_path / "curve.json").read_text())
     monkeypatch.setattr(learning_curve, "score", lambda *a: (_ for _ in ()).throw(AssertionError("scored again")))
     assert learning_curve.main(args)["rung"] == table and len(kept) == 2
+
+
+def test_the_split_scores_seen_and_held_out_prompts_apart():
+    results = [{"correct": True}, {"correct": False}, {"correct": True}, {"correct": True}]
+    split = learning_curve.split_accuracy(results, [False, True, False, True])
+    assert split == {"seen": 1.0, "heldout": 0.5}
+    assert learning_curve.split_accuracy(results[:1], [False]) == {"seen": 1.0, "heldout": None}
