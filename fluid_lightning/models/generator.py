@@ -75,6 +75,7 @@ class FluidGenerator(nn.Module):
         text_dim: int = 4096,
         aligner_depth: int = 6,
         caption_dropout: float = 0.1,
+        text_token_dropout: float = 0.0,
         mask_ratio_min: float = 0.7,
         mask_ratio_mean: float = 1.0,
         mask_ratio_std: float = 0.25,
@@ -93,6 +94,10 @@ class FluidGenerator(nn.Module):
     ):
         """Sizes follow the constructor names; ``grid_size`` and ``token_dim``/``vocab_size``
         must match the tokenizer, ``text_dim`` the text encoder's output width.
+
+        ``text_token_dropout``: in training, each caption token but the first is hidden from the model
+        with this probability (on top of ``caption_dropout``, which hides whole captions), so it also
+        learns what a colour word alone or a shape word alone asks for (0 in Fluid).
 
         ``x0_loss_weight`` (continuous tokens): adds that weight times the MSE of a linear read-out of
         each predicted token's condition against the token itself, a low-noise signal that teaches the
@@ -122,6 +127,8 @@ class FluidGenerator(nn.Module):
             raise ValueError(f"order must be 'random' or 'raster', got {order!r}")
         if neighbour_input and order != "random":
             raise ValueError("neighbour_input needs order='random': a raster token may not read the tokens after it")
+        if not 0.0 <= text_token_dropout < 1.0:
+            raise ValueError(f"text_token_dropout must be in [0, 1), got {text_token_dropout}")
         if not 0.0 < mask_ratio_min <= 1.0:
             raise ValueError(f"mask_ratio_min must be in (0, 1], got {mask_ratio_min}")
         self.token_kind, self.order = token_kind, order
@@ -130,6 +137,7 @@ class FluidGenerator(nn.Module):
         self.vocab_size = vocab_size if token_kind == "discrete" else None
         self.width, self.depth = width, depth
         self.caption_dropout = caption_dropout
+        self.text_token_dropout = text_token_dropout
         self.mask_ratio = (mask_ratio_min, mask_ratio_mean, mask_ratio_std)
         self.x0_loss_weight = x0_loss_weight if token_kind == "continuous" else 0.0
 
@@ -216,6 +224,10 @@ class FluidGenerator(nn.Module):
         drop = None
         if self.training and self.caption_dropout > 0:
             drop = draws.uniform((b,), device, rng) < self.caption_dropout
+        if self.training and self.text_token_dropout > 0:
+            hidden = draws.uniform(text_mask.shape, device, rng) < self.text_token_dropout
+            hidden[:, 0] = False  # a caption never loses every token
+            text_mask = text_mask & ~hidden
         ctx, ctx_mask = self.encode_text(text, text_mask, drop)
         if self.order == "random":
             mask = self.random_mask(b, device, rng)

@@ -58,6 +58,23 @@ def test_random_order_loss_only_on_masked_tokens_and_masked_inputs_do_not_leak(t
     torch.testing.assert_close(seen["cond"], cond_a, rtol=0, atol=0)
 
 
+def test_text_token_dropout_hides_caption_tokens_in_training_only(text, monkeypatch):
+    gen = tiny_generator(text_token_dropout=0.5, caption_dropout=0.0)
+    emb, mask = text
+    seen = []
+    encode = gen.encode_text
+    monkeypatch.setattr(gen, "encode_text", lambda t, m, drop=None: seen.append(m.clone()) or encode(t, m, drop))
+    tokens = random_tokens(gen, emb.shape[0])
+    gen.train()(tokens, emb, mask, rng=torch.Generator().manual_seed(0))
+    hidden = mask & ~seen[0]
+    assert not (seen[0] & ~mask).any()  # padding stays hidden
+    assert seen[0][:, 0].all() and hidden.any()  # some words go, never a whole caption
+    gen.eval()(tokens, emb, mask, rng=torch.Generator().manual_seed(0))
+    assert torch.equal(seen[1], mask)
+    with pytest.raises(ValueError, match="text_token_dropout"):
+        tiny_generator(text_token_dropout=1.0)
+
+
 @pytest.mark.parametrize("tokens", ["continuous", "discrete"])
 def test_raster_order_is_causal(tokens, text, monkeypatch):
     gen = tiny_generator(tokens, "raster").eval()
