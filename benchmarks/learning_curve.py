@@ -11,7 +11,8 @@ stream), the loss with seeded draws and the two caption numbers every fit logs (
 caption/spread: `fluid_lightning.evaluation.caption_use`); then it samples the shapes suite's records
 of those tags (`--min-per-tag`, one image each, once per `--seeds`) with the checkpoint's sampling
 settings, changed by `--setting` fields (`cfg=3,cfg_schedule=constant,temperature=0.7`), and scores
-them per tag, and over the prompts training saw against the held-out ones. Results are kept in `--json` by checkpoint, so a rerun scores only new checkpoints.
+them per tag, and over the prompts training saw against the held-out ones. Results are kept in `--json`
+by checkpoint, so a rerun scores only new checkpoints.
 Prints a markdown table; `--plot` draws score and val loss against steps (log 2 axis).
 """
 
